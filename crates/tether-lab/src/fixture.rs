@@ -1,0 +1,86 @@
+//! Fixture fleets: a flake directory (and `default.nix` for `-f`) describing
+//! NixOS-like systems for a lab's hosts, built from the repo's `nix/fixture`.
+
+use crate::{cmd, paths, Lab};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Nix's experimental features every lab Nix call needs (Nix 2.8 defaults).
+pub const NIX_FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+impl Lab {
+    /// Writes a fixture fleet for this lab into `dir`: the fixture library,
+    /// `lab.json`, `hosts.nix` (per-host overrides of `mkSystem` arguments, a
+    /// Nix attribute set; `{ }` for the base systems) and `flake.nix` /
+    /// `default.nix`. Returns `dir`.
+    pub fn write_fixture_fleet(&self, dir: &Path, hosts_nix: &str) -> Result<PathBuf> {
+        let src = paths::repo_root().join("nix/fixture");
+        let lib = dir.join("lib");
+        fs::create_dir_all(&lib)?;
+        for entry in fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".nix") {
+                fs::copy(entry.path(), lib.join(&name))?;
+            }
+        }
+        for name in ["flake.nix", "default.nix"] {
+            fs::copy(src.join("flake-template").join(name), dir.join(name))
+                .with_context(|| format!("copying the fixture template's {name}"))?;
+        }
+        fs::copy(self.json_path(), dir.join("lab.json"))?;
+        fs::write(dir.join("hosts.nix"), hosts_nix)?;
+        Ok(dir.to_path_buf())
+    }
+
+    /// Builds every host's system of the fixture fleet in `dir` with one
+    /// `nix build` and returns host name → toplevel store path.
+    pub fn build_fleet(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
+        let mut c = Command::new("nix");
+        c.args(NIX_FEATURES)
+            .args(["build", "--no-link", "--json", "--option", "substituters", ""]);
+        for h in &self.info.hosts {
+            c.arg(format!(
+                "path:{}#nixosConfigurations.{}.config.system.build.toplevel",
+                dir.display(),
+                h.name
+            ));
+        }
+        let out = cmd::run(&mut c).context("building the fixture fleet")?;
+        let built: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        if built.len() != self.info.hosts.len() {
+            bail!("nix build returned {} results for {} hosts", built.len(), self.info.hosts.len());
+        }
+        let mut map = BTreeMap::new();
+        for (h, b) in self.info.hosts.iter().zip(built) {
+            let path = b["outputs"]["out"]
+                .as_str()
+                .context("nix build --json: no outputs.out")?
+                .to_string();
+            map.insert(h.name.clone(), path);
+        }
+        Ok(map)
+    }
+
+    /// Gives every host the fixture fleet's base system (what a fresh NixOS
+    /// install would have): writes the fleet into `dir`, builds it, copies
+    /// and switches each host in parallel.
+    pub fn provision(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
+        self.write_fixture_fleet(dir, "{ }\n")?;
+        let systems = self.build_fleet(dir)?;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = systems
+                .iter()
+                .map(|(host, path)| s.spawn(move || self.install_system(host, path)))
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("provisioning thread panicked"))??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        Ok(systems)
+    }
+}
