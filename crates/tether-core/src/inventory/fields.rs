@@ -1,0 +1,185 @@
+//! Reading one attribute set of the inventory field by field, collecting
+//! every problem instead of stopping at the first.
+//!
+//! serde's `deny_unknown_fields` stops at the first unknown field and cannot
+//! name the host it belongs to, so fields are taken out of the JSON object by
+//! name; whatever is left at the end is reported as unknown, with the
+//! closest known field as a hint.
+
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use super::error::{suggest, InventoryErrors, Location, Problem};
+use super::types::Tag;
+
+/// A short description of a JSON value's type for "expected X, found Y".
+pub(crate) fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        // eval-inventory.nix marks values JSON cannot carry as {"$nix": kind}.
+        Value::Object(map) => match map.get("$nix").and_then(Value::as_str) {
+            Some("lambda") => "a function".into(),
+            Some(kind) => format!("a {kind}"),
+            None => "an attribute set".into(),
+        },
+    }
+}
+
+pub(crate) struct Fields<'e> {
+    location: Location,
+    map: Map<String, Value>,
+    known: &'static [&'static str],
+    errors: &'e mut InventoryErrors,
+}
+
+impl<'e> Fields<'e> {
+    /// Starts reading `value`, which must be an attribute set; otherwise the
+    /// problem is recorded against `field` and `None` returned.
+    pub(crate) fn new(
+        location: Location,
+        field: Option<&str>,
+        value: Value,
+        known: &'static [&'static str],
+        errors: &'e mut InventoryErrors,
+    ) -> Option<Self> {
+        match value {
+            Value::Object(map) if !map.contains_key("$nix") => Some(Fields {
+                location,
+                map,
+                known,
+                errors,
+            }),
+            other => {
+                errors.push(
+                    location,
+                    field,
+                    Problem::WrongType {
+                        expected: "an attribute set",
+                        found: describe(&other),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether the field is present and not `null`.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.map.get(name).is_some_and(|v| !v.is_null())
+    }
+
+    pub(crate) fn error(&mut self, field: &str, problem: Problem) {
+        self.errors
+            .push(self.location.clone(), Some(field), problem);
+    }
+
+    /// Takes a field out; `null` counts as absent, so `machineId = null;`
+    /// is the same as leaving it out.
+    pub(crate) fn take(&mut self, name: &str) -> Option<Value> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub(crate) fn string(&mut self, name: &str) -> Option<String> {
+        match self.take(name)? {
+            Value::String(s) => Some(s),
+            other => {
+                self.wrong_type(name, "a string", &other);
+                None
+            }
+        }
+    }
+
+    /// A string field parsed into a validated newtype.
+    pub(crate) fn parse<T: FromStr<Err = Problem>>(&mut self, name: &str) -> Option<T> {
+        let s = self.string(name)?;
+        match s.parse() {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                self.error(name, problem);
+                None
+            }
+        }
+    }
+
+    /// Like [`Fields::parse`], but a missing field is an error. Returns
+    /// `None` when any problem was recorded.
+    pub(crate) fn required<T: FromStr<Err = Problem>>(&mut self, name: &str) -> Option<T> {
+        if !self.has(name) {
+            self.error(name, Problem::Missing);
+            return None;
+        }
+        self.parse(name)
+    }
+
+    pub(crate) fn port(&mut self, name: &str) -> Option<u16> {
+        let value = self.take(name)?;
+        let Value::Number(n) = &value else {
+            self.wrong_type(name, "an integer", &value);
+            return None;
+        };
+        match n.as_i64() {
+            Some(i) => match u16::try_from(i) {
+                Ok(port) if port != 0 => Some(port),
+                _ => {
+                    self.error(name, Problem::PortOutOfRange(i.to_string()));
+                    None
+                }
+            },
+            None => {
+                self.wrong_type(name, "an integer", &value);
+                None
+            }
+        }
+    }
+
+    /// A list of tags; every bad entry is reported as `name[i]`.
+    pub(crate) fn tags(&mut self, name: &str) -> Option<Vec<Tag>> {
+        let value = self.take(name)?;
+        let Value::Array(items) = value else {
+            self.wrong_type(name, "a list of strings", &value);
+            return None;
+        };
+        let mut tags = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let field = format!("{name}[{i}]");
+            match item {
+                Value::String(s) => match s.parse() {
+                    Ok(tag) => tags.push(tag),
+                    Err(problem) => self.error(&field, problem),
+                },
+                other => self.wrong_type(&field, "a string", &other),
+            }
+        }
+        Some(tags)
+    }
+
+    fn wrong_type(&mut self, field: &str, expected: &'static str, found: &Value) {
+        self.error(
+            field,
+            Problem::WrongType {
+                expected,
+                found: describe(found),
+            },
+        );
+    }
+
+    /// Reports every field nobody took as unknown.
+    pub(crate) fn finish(self) {
+        for name in self.map.keys() {
+            let suggestion = suggest(name, self.known.iter().copied());
+            self.errors.push(
+                self.location.clone(),
+                Some(name),
+                Problem::UnknownField { suggestion },
+            );
+        }
+    }
+}

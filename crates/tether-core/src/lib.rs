@@ -1,0 +1,7 @@
+//! tether's core: the deployment logic, free of processes, terminals and databases.
+//!
+//! Everything here is pure data and decisions; the `tether` crate supplies the
+//! systems (OpenSSH, the Nix CLI, the clock) through narrow traits.
+
+pub mod inventory;
+pub mod shell;

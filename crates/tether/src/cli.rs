@@ -1,0 +1,83 @@
+//! Command-line arguments in two stages: what the user typed ([`Cli`]), then
+//! a checked [`Context`] every command receives; and the flat dispatch.
+//!
+//! Adding a command: a file in `commands/` with an `Args` struct and a
+//! `run(&Context, Args)`, a variant in [`Command`], a line in [`dispatch`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tether_core::inventory::{Host, Inventory, Selector};
+
+use crate::commands;
+use crate::exit::CommandError;
+use crate::nix::{Nix, NixSource};
+
+/// Deploy NixOS configurations to fleets, with automatic rollback.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after the command name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Flake whose `tether` output is the inventory [default: .]
+    #[arg(long, value_name = "REF", global = true, conflicts_with = "file")]
+    pub flake: Option<String>,
+    /// Nix file that evaluates to `{ tether = …; nixosConfigurations = …; }`, instead of a flake
+    #[arg(short = 'f', long, value_name = "FILE", global = true)]
+    pub file: Option<PathBuf>,
+    /// Hosts to act on: comma-separated names, globs (`web*`) and `@tag`s [default: all]
+    #[arg(long, value_name = "SELECTOR", global = true)]
+    pub on: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Hosts(commands::hosts::Args),
+}
+
+/// The checked form of [`GlobalArgs`].
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub source: NixSource,
+    pub selector: Option<Selector>,
+    pub nix: Nix,
+}
+
+impl Context {
+    pub fn from_args(args: GlobalArgs) -> Result<Context, CommandError> {
+        let source = match (args.file, args.flake) {
+            (Some(file), _) => NixSource::File(file),
+            (None, flake) => NixSource::Flake(flake.unwrap_or_else(|| ".".to_owned())),
+        };
+        let selector = args.on.as_deref().map(str::parse).transpose()?;
+        Ok(Context {
+            source,
+            selector,
+            nix: Nix::from_env(),
+        })
+    }
+
+    /// Loads the inventory and applies `--on`: what most commands start with.
+    pub async fn selected_hosts(&self) -> Result<(Inventory, Vec<Host>), CommandError> {
+        let inventory = self.nix.load_inventory(&self.source).await?;
+        let hosts = tether_core::inventory::select(&inventory, self.selector.as_ref())?
+            .into_iter()
+            .cloned()
+            .collect();
+        Ok((inventory, hosts))
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
+    let ctx = Context::from_args(cli.global)?;
+    match cli.command {
+        Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand; each has an `Args` struct (its doc comment is
+//! the help text) and `run(&Context, Args)`.
+
+pub mod hosts;

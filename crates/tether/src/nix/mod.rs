@@ -1,0 +1,284 @@
+//! The Nix CLI as tether uses it: one `nix eval` for the whole inventory and
+//! one for the toplevels of all selected hosts, never one process per host.
+//!
+//! Both evaluations run `nix/eval-inventory.nix` (embedded in the binary)
+//! through `nix eval --json --impure --expr`; `--impure` is needed because
+//! `builtins.getFlake` refuses unlocked references in pure mode. Parsing and
+//! validation of the results live in `tether_core::inventory`.
+
+mod escape;
+mod flake_ref;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tether_core::inventory::{
+    parse_toplevels, EvalDocument, HostName, Inventory, InventoryErrors, Toplevel, ToplevelError,
+};
+
+pub use escape::nix_string;
+pub use flake_ref::resolve_flake_ref;
+
+/// The expression both evaluations run; see the file for its contract.
+const EVAL_INVENTORY: &str = include_str!("../../../../nix/eval-inventory.nix");
+
+/// Where the inventory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NixSource {
+    /// A flake reference as the user typed it (`.`, `./x`, `github:o/r`).
+    Flake(String),
+    /// A Nix file evaluating to `{ tether = …; nixosConfigurations = …; }`
+    /// (or a function taking `{ }` that returns it).
+    File(PathBuf),
+}
+
+impl NixSource {
+    /// The expression's source arguments, with local paths made absolute
+    /// against `cwd` (Nix evaluates in its own notion of the current
+    /// directory, and `builtins.getFlake` rejects relative paths).
+    fn arguments(&self, cwd: &Path) -> String {
+        match self {
+            NixSource::Flake(reference) => format!(
+                "flakeRef = {};",
+                nix_string(&resolve_flake_ref(reference, cwd))
+            ),
+            NixSource::File(path) => {
+                let path = cwd.join(path);
+                format!("file = {};", nix_string(&path.to_string_lossy()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for NixSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NixSource::Flake(r) => write!(f, "flake {r:?}"),
+            NixSource::File(p) => write!(f, "file {:?}", p.display().to_string()),
+        }
+    }
+}
+
+/// A failed `nix` invocation, with what is needed to understand it.
+#[derive(Debug, thiserror::Error)]
+pub enum NixError {
+    #[error("could not run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not determine the current directory: {0}")]
+    Cwd(#[source] std::io::Error),
+    #[error("`{command}` failed ({status}){}", stderr_suffix(.stderr_tail))]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
+    #[error("`{command}` printed output tether cannot read: {source}")]
+    BadOutput {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn stderr_suffix(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n{tail}")
+    }
+}
+
+/// Why the inventory could not be loaded. Either way nothing was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot evaluate the inventory from {source_desc}: {error}")]
+    Nix {
+        source_desc: String,
+        #[source]
+        error: NixError,
+    },
+    #[error("inventory file {0:?} does not exist")]
+    MissingFile(String),
+    #[error(transparent)]
+    Invalid(#[from] InventoryErrors),
+}
+
+/// Why toplevels could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum ToplevelsError {
+    #[error("cannot evaluate system toplevels from {source_desc}: {error}")]
+    Nix {
+        source_desc: String,
+        #[source]
+        error: NixError,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Hosts(Vec<ToplevelError>),
+}
+
+/// How tether runs Nix: which program, and the last lines of stderr kept
+/// for error messages.
+#[derive(Debug, Clone)]
+pub struct Nix {
+    program: OsString,
+}
+
+/// Lines of a failed command's stderr shown to the user: enough for Nix's
+/// error and its location, short enough to read.
+const STDERR_TAIL_LINES: usize = 20;
+
+impl Default for Nix {
+    fn default() -> Self {
+        Nix {
+            program: OsString::from("nix"),
+        }
+    }
+}
+
+impl Nix {
+    /// `nix` from `PATH`, or the program named by `TETHER_NIX`.
+    pub fn from_env() -> Self {
+        match std::env::var_os("TETHER_NIX") {
+            Some(program) if !program.is_empty() => Nix { program },
+            _ => Nix::default(),
+        }
+    }
+
+    pub fn with_program(program: impl Into<OsString>) -> Self {
+        Nix {
+            program: program.into(),
+        }
+    }
+
+    /// Evaluates and validates the inventory in one `nix eval`.
+    pub async fn load_inventory(&self, source: &NixSource) -> Result<Inventory, LoadError> {
+        let cwd = std::env::current_dir().map_err(|e| LoadError::Nix {
+            source_desc: source.to_string(),
+            error: NixError::Cwd(e),
+        })?;
+        if let NixSource::File(path) = source {
+            if !cwd.join(path).exists() {
+                return Err(LoadError::MissingFile(path.display().to_string()));
+            }
+        }
+        let expr = expression(source, &cwd, "inventory", &[]);
+        let doc: EvalDocument =
+            self.eval_json(&expr, "tether inventory")
+                .await
+                .map_err(|error| LoadError::Nix {
+                    source_desc: source.to_string(),
+                    error,
+                })?;
+        Ok(Inventory::from_eval(doc)?)
+    }
+
+    /// Evaluates the system toplevel (drvPath, outPath, system) of every
+    /// host in `hosts` in one `nix eval`. This instantiates the derivations
+    /// (writes the `.drv` files) but builds nothing.
+    pub async fn eval_toplevels(
+        &self,
+        source: &NixSource,
+        hosts: &[HostName],
+    ) -> Result<BTreeMap<HostName, Toplevel>, ToplevelsError> {
+        let nix_error = |error| ToplevelsError::Nix {
+            source_desc: source.to_string(),
+            error,
+        };
+        let cwd = std::env::current_dir().map_err(|e| nix_error(NixError::Cwd(e)))?;
+        let expr = expression(source, &cwd, "toplevels", hosts);
+        let value: serde_json::Value = self
+            .eval_json(&expr, "tether toplevels")
+            .await
+            .map_err(nix_error)?;
+        parse_toplevels(value, hosts).map_err(ToplevelsError::Hosts)
+    }
+
+    /// Runs `nix eval --json --impure --expr EXPR` and parses stdout.
+    /// `what` stands in for the (long) expression in messages.
+    async fn eval_json<T: serde::de::DeserializeOwned>(
+        &self,
+        expr: &str,
+        what: &str,
+    ) -> Result<T, NixError> {
+        let program = self.program.to_string_lossy().into_owned();
+        let command = format!("{program} eval --json --impure --expr <{what} expression>");
+        tracing::debug!(%command, "running nix");
+        let output = tokio::process::Command::new(&self.program)
+            .args(["--extra-experimental-features", "nix-command flakes"])
+            .args(["eval", "--json", "--impure", "--expr", expr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| NixError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(NixError::Failed {
+                command,
+                status: output.status,
+                stderr_tail: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_LINES),
+            });
+        }
+        serde_json::from_slice(&output.stdout)
+            .map_err(|source| NixError::BadOutput { command, source })
+    }
+}
+
+/// The full expression: the embedded function applied to its arguments.
+fn expression(source: &NixSource, cwd: &Path, mode: &str, hosts: &[HostName]) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| nix_string(h.as_str())).collect();
+    // The newline before `)` ends a trailing comment in the file, if any.
+    format!(
+        "({EVAL_INVENTORY}\n) {{ {} mode = {}; hosts = [ {} ]; }}",
+        source.arguments(cwd),
+        nix_string(mode),
+        hosts.join(" ")
+    )
+}
+
+/// The last `lines` non-empty lines of `text`, trimmed.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = all[start..].join("\n");
+    if start > 0 {
+        out.insert_str(0, "…\n");
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "…\nb\nc");
+        assert_eq!(tail("a\n", 5), "a");
+        assert_eq!(tail("", 5), "");
+    }
+
+    #[test]
+    fn expression_passes_escaped_arguments() {
+        let hosts: Vec<HostName> = vec!["web1".parse().expect("name")];
+        let expr = expression(
+            &NixSource::File(PathBuf::from("inv $x.nix")),
+            Path::new("/w"),
+            "toplevels",
+            &hosts,
+        );
+        assert!(expr
+            .ends_with(r#"{ file = "/w/inv \$x.nix"; mode = "toplevels"; hosts = [ "web1" ]; }"#));
+    }
+}
