@@ -1,0 +1,58 @@
+//! Typed events the deployment logic emits; reporters turn them into the
+//! terminal view or NDJSON. The logic never writes user-facing text itself.
+
+use super::outcome::Outcome;
+use crate::inventory::HostName;
+use serde::Serialize;
+
+/// Where a host's deploy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Preflight,
+    Copying,
+    Arming,
+    Activating,
+    Confirming,
+    Persisting,
+    RollingBack,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Copying => "copying",
+            Phase::Arming => "arming",
+            Phase::Activating => "activating",
+            Phase::Confirming => "confirming",
+            Phase::Persisting => "persisting",
+            Phase::RollingBack => "rolling-back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The host entered a phase.
+    Phase { phase: Phase },
+    /// A line of output from the target (activation, dry-activate).
+    Output { line: String },
+    /// Something worth knowing that does not end the deploy.
+    Warning { message: String },
+    /// The host's final outcome.
+    Outcome {
+        #[serde(flatten)]
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub host: HostName,
+    /// Milliseconds since the run started.
+    pub elapsed_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}

@@ -1,0 +1,689 @@
+//! One host's safe switch (shared/BRIEF.md, "The safe switch"):
+//! identity preflight → copy → arm the guard → activate with `test` →
+//! confirm over a fresh connection → persist. Every path ends in exactly one
+//! [`Outcome`]; a host tether cannot vouch for ends `Unknown`, never success.
+//!
+//! While the trial runs, a lease keeper renews the guard's lease over the
+//! shared connection. If the keeper loses the host for a whole lease, or the
+//! guard leaves the trial on its own (activation failed, lease lapsed), the
+//! deploy stops trying to confirm and waits to learn what the guard did.
+
+use super::events::{Event, EventKind, Phase};
+use super::outcome::{HostReport, Outcome};
+use super::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
+use crate::inventory::{HostName, StorePath};
+use crate::remote::{
+    self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, Token,
+};
+use futures::future::{select, Either};
+use std::time::Duration;
+
+/// Time limits of one host's deploy (documented in docs/deploy.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long `switch-to-configuration` may run.
+    pub activation: Duration,
+    /// The guard's lease: how long the target waits for the deployer before
+    /// rolling back by itself. Renewed every fifth of it.
+    pub lease: Duration,
+    /// How long to keep trying to confirm over fresh connections.
+    pub confirm: Duration,
+    /// After giving up on a trial: how long (beyond the lease) to wait to
+    /// learn that the host rolled back before reporting it unknown.
+    pub rollback: Duration,
+    /// How long a closure copy may take.
+    pub copy: Duration,
+    /// How long one ordinary remote command may take.
+    pub command: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            activation: Duration::from_secs(300),
+            lease: Duration::from_secs(15),
+            confirm: Duration::from_secs(20),
+            rollback: Duration::from_secs(90),
+            copy: Duration::from_secs(1800),
+            command: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything needed to deploy one host.
+#[derive(Debug, Clone)]
+pub struct HostJob {
+    pub host: HostName,
+    pub new_system: StorePath,
+    /// The Nix system the closure was built for (`x86_64-linux`).
+    pub platform: Option<String>,
+    /// The pinned machine-id, when the inventory has one.
+    pub machine_id: Option<String>,
+    pub goal: Goal,
+    pub timeouts: Timeouts,
+    pub deploy_id: DeployId,
+    pub token: Token,
+}
+
+struct Run<'a, T, C, R: ?Sized> {
+    job: &'a HostJob,
+    target: &'a T,
+    clock: &'a C,
+    reporter: &'a R,
+    run_started: Duration,
+}
+
+/// How the trial (activation and confirmation) ended.
+enum TrialEnd {
+    Confirmed,
+    /// Give up on the trial; ask the guard to roll back when `ask`.
+    Abandon {
+        reason: String,
+        ask: bool,
+    },
+    /// The guard already left the trial (it rolled back, or the host rebooted).
+    GuardLeft {
+        reason: String,
+    },
+    Unknown(String),
+}
+
+/// Deploys one host and reports its outcome.
+pub async fn run_host<T: Target, C: Clock, R: Reporter + ?Sized>(
+    job: &HostJob,
+    target: &T,
+    clock: &C,
+    reporter: &R,
+    run_started: Duration,
+) -> HostReport {
+    let started = clock.now();
+    let run = Run {
+        job,
+        target,
+        clock,
+        reporter,
+        run_started,
+    };
+    let (outcome, old) = run.deploy().await;
+    run.emit(EventKind::Outcome {
+        outcome: outcome.clone(),
+    });
+    HostReport {
+        host: job.host.clone(),
+        outcome,
+        old_system: old,
+        new_system: job.new_system.to_string(),
+        duration_ms: millis(clock.now().saturating_sub(started)),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn tail(s: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(max_lines)..].join(" | ")
+}
+
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exited {c} ({})", remote::activation_exit_meaning(c)),
+        None => "was killed by a signal".to_string(),
+    }
+}
+
+impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
+    fn emit(&self, kind: EventKind) {
+        self.reporter.event(Event {
+            host: self.job.host.clone(),
+            elapsed_ms: millis(self.clock.now().saturating_sub(self.run_started)),
+            kind,
+        });
+    }
+
+    fn phase(&self, phase: Phase) {
+        self.emit(EventKind::Phase { phase });
+    }
+
+    fn warn(&self, message: String) {
+        self.emit(EventKind::Warning { message });
+    }
+
+    async fn sh(
+        &self,
+        script: &str,
+        conn: Conn,
+        timeout: Duration,
+    ) -> Result<ScriptOutput, RemoteError> {
+        self.target.run(script, conn, timeout, None).await
+    }
+
+    /// The whole deploy; returns the outcome and the system the host ran before.
+    async fn deploy(&self) -> (Outcome, Option<String>) {
+        let job = self.job;
+        let to = &job.timeouts;
+        self.phase(Phase::Preflight);
+        let facts = match self.preflight().await {
+            Ok(f) => f,
+            Err(outcome) => return (outcome, None),
+        };
+        let old = facts.current_system.clone();
+        let Some(old_path) = old.as_deref().and_then(StorePath::new) else {
+            return (
+                Outcome::Refused {
+                    reason: "identity: /run/current-system is missing; tether only deploys to a running NixOS system it can roll back to".into(),
+                },
+                old,
+            );
+        };
+        let new = job.new_system.as_str();
+        let runs_new = facts.current_system.as_deref() == Some(new);
+        let boots_new = facts.profile_system.as_deref() == Some(new);
+        if runs_new && (boots_new || !job.goal.persists()) {
+            return (Outcome::Unchanged, old);
+        }
+
+        self.phase(Phase::Copying);
+        if let Err(e) = self.target.copy(&job.new_system, to.copy).await {
+            return (
+                Outcome::Failed {
+                    reason: format!("copy: {e}; nothing was activated"),
+                },
+                old,
+            );
+        }
+
+        let outcome = match job.goal {
+            Goal::DryActivate => self.dry_activate().await,
+            Goal::Boot => self.set_boot_default().await,
+            // Already running it (an earlier `test`): only persist.
+            Goal::Switch if runs_new => self.persist(None, &old_path).await,
+            Goal::Switch | Goal::Test => self.safe_switch(&facts, old_path).await,
+        };
+        (outcome, old)
+    }
+
+    async fn preflight(&self) -> Result<Facts, Outcome> {
+        let job = self.job;
+        let out = match self
+            .sh(&remote::preflight_script(), Conn::Shared, job.timeouts.command)
+            .await
+        {
+            Ok(out) => out,
+            Err(RemoteError::HostKey(m)) => {
+                return Err(Outcome::Refused {
+                    reason: format!(
+                        "identity: the host did not present the pinned host key ({m}); nothing was copied or activated"
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Outcome::Failed {
+                    reason: format!("preflight: {e}"),
+                })
+            }
+        };
+        let facts = remote::parse_preflight(&out.stdout).map_err(|e| Outcome::Failed {
+            reason: format!("preflight: {e}: {}", tail(&out.stderr, 3)),
+        })?;
+        if let Some(pinned) = &job.machine_id {
+            if &facts.machine_id != pinned {
+                return Err(Outcome::Refused {
+                    reason: format!(
+                        "identity: machine-id is {:?}, the inventory pins {pinned:?}",
+                        facts.machine_id
+                    ),
+                });
+            }
+        }
+        if let Some(platform) = &job.platform {
+            if &facts.nix_system() != platform {
+                return Err(Outcome::Refused {
+                    reason: format!(
+                        "architecture: the host is {} ({}), the system was built for {platform}",
+                        facts.nix_system(),
+                        facts.arch
+                    ),
+                });
+            }
+        }
+        if !facts.missing_tools.is_empty() {
+            return Err(Outcome::Refused {
+                reason: format!(
+                    "the host lacks tools the safe switch needs: {}",
+                    facts.missing_tools.join(", ")
+                ),
+            });
+        }
+        if let Some(other) = &facts.busy_with {
+            return Err(Outcome::Refused {
+                reason: format!("another deploy ({other}) is in progress on this host"),
+            });
+        }
+        Ok(facts)
+    }
+
+    async fn dry_activate(&self) -> Outcome {
+        let script = remote::dry_activate_script(&self.job.new_system);
+        let emit_line = |line: &str| {
+            self.emit(EventKind::Output {
+                line: line.to_string(),
+            })
+        };
+        match self
+            .target
+            .run(
+                &script,
+                Conn::Shared,
+                self.job.timeouts.activation,
+                Some(&emit_line),
+            )
+            .await
+        {
+            Ok(out) if out.exit_code == Some(0) => Outcome::DryRun,
+            Ok(out) => Outcome::Failed {
+                reason: format!(
+                    "switch-to-configuration dry-activate {}: {}",
+                    exit_text(out.exit_code),
+                    tail(&out.stderr, 3)
+                ),
+            },
+            Err(e) => Outcome::Failed {
+                reason: format!("dry-activate: {e}"),
+            },
+        }
+    }
+
+    async fn set_boot_default(&self) -> Outcome {
+        self.phase(Phase::Persisting);
+        let script = remote::persist_script(&self.job.new_system, None);
+        match self
+            .sh(&script, Conn::Shared, self.job.timeouts.activation)
+            .await
+        {
+            Ok(out) => match remote::parse_persist(&out.stdout) {
+                Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::BootDefaultSet {
+                    generation: r.generation,
+                },
+                Ok(r) => Outcome::Failed {
+                    reason: format!(
+                        "setting the boot default: profile {}, switch-to-configuration boot {}: {}",
+                        if r.profile_set { "set" } else { "not set" },
+                        exit_text(r.boot_rc),
+                        tail(&out.stderr, 3)
+                    ),
+                },
+                Err(e) => Outcome::Unknown {
+                    reason: format!("setting the boot default: {e}"),
+                },
+            },
+            Err(e) => Outcome::Unknown {
+                reason: format!("setting the boot default: {e}"),
+            },
+        }
+    }
+
+    /// Steps 4-8 of the safe switch.
+    async fn safe_switch(&self, facts: &Facts, old: StorePath) -> Outcome {
+        let job = self.job;
+        let to = &job.timeouts;
+        let spec = GuardSpec {
+            deploy_id: job.deploy_id.clone(),
+            token: job.token.clone(),
+            old_system: old.clone(),
+            new_system: job.new_system.clone(),
+            lease: to.lease,
+        };
+
+        self.phase(Phase::Arming);
+        match self
+            .sh(&remote::arm_script(&spec), Conn::Shared, to.command)
+            .await
+        {
+            Ok(out) => {
+                match remote::parse_arm(&out.stdout) {
+                    Ok(ArmResult::Armed) => {}
+                    Ok(ArmResult::Busy(other)) => {
+                        return Outcome::Refused {
+                            reason: format!("another deploy ({other}) is in progress on this host"),
+                        }
+                    }
+                    Ok(ArmResult::MissingTool(t)) => {
+                        return Outcome::Refused {
+                            reason: format!("the host lacks {t}, which the guard needs"),
+                        }
+                    }
+                    Ok(ArmResult::Failed) => return Outcome::Failed {
+                        reason:
+                            "could not start the guard (systemd-run failed); nothing was activated"
+                                .into(),
+                    },
+                    Err(e) => {
+                        return Outcome::Failed {
+                            reason: format!("arming the guard: {e}: {}", tail(&out.stderr, 3)),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // The guard may be armed; if so it re-activates the system
+                // the host runs anyway when its lease lapses.
+                return Outcome::Failed {
+                    reason: format!("arming the guard: {e}; nothing was activated"),
+                };
+            }
+        }
+
+        let trial = std::pin::pin!(self.trial(&spec));
+        let keeper = std::pin::pin!(self.keep_lease(&spec));
+        let end = match select(trial, keeper).await {
+            Either::Left((end, _)) => end,
+            Either::Right((left, _)) => TrialEnd::GuardLeft { reason: left },
+        };
+        match end {
+            TrialEnd::Confirmed => match job.goal {
+                Goal::Switch => self.persist(Some(&spec), &old).await,
+                _ => self.finish_test(&spec, &old).await,
+            },
+            TrialEnd::Abandon { reason, ask } => {
+                if ask {
+                    self.ask_rollback(&spec, &reason).await;
+                }
+                self.await_guard(&spec, facts, &old, reason).await
+            }
+            TrialEnd::GuardLeft { reason } => self.await_guard(&spec, facts, &old, reason).await,
+            TrialEnd::Unknown(reason) => Outcome::Unknown { reason },
+        }
+    }
+
+    /// Activation, then confirmation over fresh connections.
+    async fn trial(&self, spec: &GuardSpec) -> TrialEnd {
+        let job = self.job;
+        let to = &job.timeouts;
+        self.phase(Phase::Activating);
+        let emit_line = |line: &str| {
+            self.emit(EventKind::Output {
+                line: line.to_string(),
+            })
+        };
+        let activation = self
+            .target
+            .run(
+                &remote::activate_script(spec, job.goal),
+                Conn::Shared,
+                to.activation,
+                Some(&emit_line),
+            )
+            .await;
+        match activation {
+            Ok(out) if out.exit_code == Some(0) => {}
+            Ok(out) => {
+                return TrialEnd::Abandon {
+                    reason: format!(
+                        "activation failed: switch-to-configuration {} {}",
+                        job.goal.as_str(),
+                        exit_text(out.exit_code)
+                    ),
+                    ask: true,
+                }
+            }
+            Err(RemoteError::Timeout(d)) => {
+                return TrialEnd::Abandon {
+                    reason: format!("activation did not finish within {}s", d.as_secs()),
+                    ask: true,
+                }
+            }
+            Err(e) => {
+                // The activation runs on in its own unit; a fresh connection
+                // tells whether it reached the new system.
+                self.warn(format!("lost the activation's SSH session: {e}"));
+            }
+        }
+
+        self.phase(Phase::Confirming);
+        let deadline = self.clock.now() + to.confirm;
+        loop {
+            let last;
+            let attempt_timeout = to.command.min(Duration::from_secs(10));
+            match self.sh(&remote::confirm_script(spec), Conn::Fresh, attempt_timeout).await {
+                Ok(out) => match remote::parse_confirm(&out.stdout) {
+                    Ok(r) => match r.result {
+                        ConfirmResult::Confirmed => return TrialEnd::Confirmed,
+                        // Our own earlier attempt confirmed, but its answer was lost.
+                        ConfirmResult::TooLate
+                            if matches!(r.state, GuardState::Confirmed | GuardState::Finished) =>
+                        {
+                            return TrialEnd::Confirmed
+                        }
+                        ConfirmResult::TooLate | ConfirmResult::NoTrial => {
+                            return TrialEnd::GuardLeft {
+                                reason: "the confirmation came too late: the guard had already left the trial".into(),
+                            }
+                        }
+                        ConfirmResult::BadToken => {
+                            return TrialEnd::Unknown(
+                                "the trial on the host does not carry this deploy's token".into(),
+                            )
+                        }
+                        ConfirmResult::NotRunningNew => {
+                            last = format!(
+                                "the host runs {}, not the new system",
+                                r.current_system.as_deref().unwrap_or("nothing")
+                            );
+                        }
+                    },
+                    Err(e) => last = format!("{e}: {}", tail(&out.stderr, 3)),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            if self.clock.now() >= deadline {
+                return TrialEnd::Abandon {
+                    reason: format!(
+                        "could not confirm over a fresh SSH connection within {}s: {last}",
+                        to.confirm.as_secs()
+                    ),
+                    ask: true,
+                };
+            }
+            self.clock.sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Renews the lease until the guard leaves the trial on its own or the
+    /// host has not answered for a whole lease. Returns why it stopped.
+    async fn keep_lease(&self, spec: &GuardSpec) -> String {
+        let lease = spec.lease;
+        let every = (lease / 5).max(Duration::from_millis(500));
+        let mut last_ok = self.clock.now();
+        loop {
+            self.clock.sleep(every).await;
+            match self
+                .sh(
+                    &remote::renew_script(spec),
+                    Conn::Shared,
+                    every.max(Duration::from_secs(2)),
+                )
+                .await
+            {
+                Ok(out) => match remote::parse_state(&out.stdout) {
+                    Ok(GuardState::Armed | GuardState::Confirmed) => last_ok = self.clock.now(),
+                    Ok(state) => {
+                        return format!("the guard left the trial on its own (state {state:?})")
+                    }
+                    Err(_) => {}
+                },
+                Err(e) => self.warn(format!("could not renew the lease: {e}")),
+            }
+            if self.clock.now().saturating_sub(last_ok) >= lease {
+                return format!(
+                    "lost contact with the host for the whole lease ({}s); its guard rolls it back",
+                    lease.as_secs()
+                );
+            }
+        }
+    }
+
+    /// Asks the guard to roll back now, over the shared connection and then
+    /// a fresh one; when neither works, the lease lapses instead.
+    async fn ask_rollback(&self, spec: &GuardSpec, reason: &str) {
+        let script = remote::request_rollback_script(spec, reason);
+        for conn in [Conn::Shared, Conn::Fresh] {
+            if self.sh(&script, conn, Duration::from_secs(5)).await.is_ok() {
+                return;
+            }
+        }
+        self.warn("could not ask for the rollback; waiting for the lease to lapse".into());
+    }
+
+    /// Waits until the host tells (over fresh connections) how the trial
+    /// ended. Not renewing the lease any more, so the guard acts by itself.
+    async fn await_guard(
+        &self,
+        spec: &GuardSpec,
+        facts: &Facts,
+        old: &StorePath,
+        why: String,
+    ) -> Outcome {
+        self.phase(Phase::RollingBack);
+        let to = &self.job.timeouts;
+        let deadline = self.clock.now() + to.lease + to.rollback;
+        loop {
+            let last;
+            match self
+                .sh(
+                    &remote::inspect_script(spec),
+                    Conn::Fresh,
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                Ok(out) => match remote::parse_inspect(&out.stdout) {
+                    Ok(i) => {
+                        let current = i.current_system.clone().unwrap_or_default();
+                        match i.state {
+                            GuardState::RolledBack => {
+                                let guard = i.reason.unwrap_or_default();
+                                let reason = if guard.is_empty() || guard.contains(&why) {
+                                    why
+                                } else {
+                                    format!("{why} (guard: {guard})")
+                                };
+                                return Outcome::RolledBack { reason };
+                            }
+                            GuardState::RollbackFailed => {
+                                return Outcome::Unknown {
+                                    reason: format!(
+                                        "{why}; the guard's rollback failed (switch-to-configuration test of the previous system exited {}); the host runs {current}",
+                                        i.rollback_rc.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                                    ),
+                                }
+                            }
+                            GuardState::Missing if i.boot_id != facts.boot_id => {
+                                return if current == old.as_str() {
+                                    Outcome::RolledBack {
+                                        reason: format!(
+                                            "{why}; the host rebooted during the trial and came back on the previous system"
+                                        ),
+                                    }
+                                } else {
+                                    Outcome::Unknown {
+                                        reason: format!(
+                                            "{why}; the host rebooted during the trial and now runs {current}"
+                                        ),
+                                    }
+                                };
+                            }
+                            GuardState::Missing => {
+                                return Outcome::Unknown {
+                                    reason: format!("{why}; the trial's state vanished from the host, which runs {current}"),
+                                }
+                            }
+                            GuardState::Confirmed | GuardState::Finished => {
+                                return Outcome::Unknown {
+                                    reason: format!("{why}; yet the host reports the trial confirmed; it runs {current} and was not persisted"),
+                                }
+                            }
+                            _ => last = format!("guard state {:?}", i.state),
+                        }
+                    }
+                    Err(e) => last = format!("{e}: {}", tail(&out.stderr, 3)),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            if self.clock.now() >= deadline {
+                return Outcome::Unknown {
+                    reason: format!(
+                        "{why}; the host did not report a rollback within {}s (last: {last})",
+                        (to.lease + to.rollback).as_secs()
+                    ),
+                };
+            }
+            self.clock.sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Makes the confirmed system permanent; with `spec`, also ends the trial.
+    async fn persist(&self, spec: Option<&GuardSpec>, old: &StorePath) -> Outcome {
+        self.phase(Phase::Persisting);
+        let job = self.job;
+        let mut script = remote::persist_script(&job.new_system, spec);
+        script.push_str(&remote::journal_script(
+            &job.deploy_id,
+            "confirmed",
+            Some(old),
+            &job.new_system,
+            "confirmed over a fresh connection",
+        ));
+        let mut last = String::new();
+        for conn in [Conn::Shared, Conn::Fresh] {
+            match self.sh(&script, conn, job.timeouts.activation).await {
+                Ok(out) => {
+                    return match remote::parse_persist(&out.stdout) {
+                        Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::Confirmed {
+                            generation: r.generation,
+                            persisted: true,
+                        },
+                        Ok(r) => Outcome::ConfirmedNotPersisted {
+                            reason: format!(
+                                "the host runs the new system but will boot the old one: profile {}, switch-to-configuration boot {}: {}",
+                                if r.profile_set { "set" } else { "not set" },
+                                exit_text(r.boot_rc),
+                                tail(&out.stderr, 3)
+                            ),
+                        },
+                        Err(e) => Outcome::ConfirmedNotPersisted {
+                            reason: format!("the host runs the new system, but persisting it did not report back ({e}); it may boot the old one"),
+                        },
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Outcome::ConfirmedNotPersisted {
+            reason: format!("the host runs the new system but persisting failed ({last}); it will boot the old one"),
+        }
+    }
+
+    /// Goal test: confirmed; end the trial without persisting.
+    async fn finish_test(&self, spec: &GuardSpec, old: &StorePath) -> Outcome {
+        let job = self.job;
+        let mut script = remote::finish_script(spec);
+        script.push_str(&remote::journal_script(
+            &job.deploy_id,
+            "confirmed",
+            Some(old),
+            &job.new_system,
+            "goal test: not persisted",
+        ));
+        if let Err(e) = self.sh(&script, Conn::Shared, job.timeouts.command).await {
+            self.warn(format!(
+                "could not end the trial cleanly ({e}); its lock clears when the lease lapses"
+            ));
+        }
+        Outcome::Confirmed {
+            generation: None,
+            persisted: false,
+        }
+    }
+}

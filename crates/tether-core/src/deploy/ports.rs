@@ -1,0 +1,76 @@
+//! The narrow interfaces the deployment logic talks to: the remote host
+//! (scripts from [`crate::remote`] run over SSH, and closure copies), the
+//! clock, and the reporter. The `tether` crate implements them with OpenSSH,
+//! the Nix CLI and tokio; tests implement them with fakes.
+
+use super::events::Event;
+use crate::inventory::StorePath;
+use std::future::Future;
+use std::time::Duration;
+
+/// Which SSH connection a script travels over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    /// The deploy's long-lived, multiplexed connection (fast; may be stale).
+    Shared,
+    /// A brand-new connection that shares nothing with earlier ones: only a
+    /// host that accepts new SSH connections can answer over it.
+    Fresh,
+}
+
+/// What a remote script printed and how it exited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScriptOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+}
+
+/// Why a remote operation did not run to completion.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    /// The host answered with a key other than the pinned one.
+    #[error("host key verification failed: {0}")]
+    HostKey(String),
+    /// No SSH session could be made or it broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Anything else (a local process could not start, a copy failed).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One target host.
+pub trait Target {
+    /// Runs a POSIX sh script on the host over `conn`, killing it locally
+    /// after `timeout`. Output lines are passed to `on_line` as they arrive
+    /// when it is given.
+    fn run(
+        &self,
+        script: &str,
+        conn: Conn,
+        timeout: Duration,
+        on_line: Option<&dyn Fn(&str)>,
+    ) -> impl Future<Output = Result<ScriptOutput, RemoteError>>;
+
+    /// Copies a closure into the host's store.
+    fn copy(
+        &self,
+        path: &StorePath,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), RemoteError>>;
+}
+
+/// Monotonic time, replaceable in tests.
+pub trait Clock {
+    /// Time since an arbitrary fixed origin.
+    fn now(&self) -> Duration;
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()>;
+}
+
+/// Receives events as they happen.
+pub trait Reporter {
+    fn event(&self, event: Event);
+}

@@ -1,0 +1,448 @@
+//! The safe switch's decisions, against a scripted fake host and a clock
+//! whose sleeps only advance virtual time. (The real thing is tested against
+//! lab hosts in crates/tether/tests/.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::inventory::StorePath;
+use crate::remote::{DeployId, Goal, Token};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+const OLD: &str = "/nix/store/aaaa-nixos-system-old";
+const NEW: &str = "/nix/store/bbbb-nixos-system-new";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Activation {
+    Exit(i32),
+    Hang,
+}
+
+struct Fake {
+    preflight: Result<String, RemoteError>,
+    activation: Activation,
+    confirm: RefCell<VecDeque<Result<String, RemoteError>>>,
+    renew: Result<String, RemoteError>,
+    inspect: RefCell<VecDeque<Result<String, RemoteError>>>,
+    persist: String,
+    calls: RefCell<Vec<(String, Conn)>>,
+}
+
+fn preflight(current: &str, profile: &str) -> String {
+    format!("machine_id=m1\nhostname=h\narch=x86_64\ncurrent={current}\nbooted={current}\nprofile={profile}\nboot_id=boot1\npreflight=done\n")
+}
+
+impl Fake {
+    fn healthy() -> Fake {
+        Fake {
+            preflight: Ok(preflight(OLD, OLD)),
+            activation: Activation::Exit(0),
+            confirm: RefCell::new(
+                vec![Ok(format!(
+                    "machine_id=m1\ncurrent={NEW}\nboot_id=boot1\nconfirm=confirmed\nstate=confirmed\n"
+                ))]
+                .into(),
+            ),
+            renew: Ok("state=armed\n".into()),
+            inspect: RefCell::new(VecDeque::new()),
+            persist: "profile=ok\nboot_rc=0\ngeneration=2\n".into(),
+            calls: RefCell::new(Vec::new()),
+        }
+    }
+    fn called(&self, what: &str) -> bool {
+        self.calls.borrow().iter().any(|(c, _)| c == what)
+    }
+    fn conn_of(&self, what: &str) -> Vec<Conn> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|(c, _)| c == what)
+            .map(|(_, conn)| *conn)
+            .collect()
+    }
+}
+
+fn ok(stdout: &str) -> Result<ScriptOutput, RemoteError> {
+    Ok(ScriptOutput {
+        stdout: stdout.into(),
+        stderr: String::new(),
+        exit_code: Some(0),
+    })
+}
+
+impl Target for Fake {
+    fn run(
+        &self,
+        script: &str,
+        conn: Conn,
+        _timeout: Duration,
+        _on_line: Option<&dyn Fn(&str)>,
+    ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
+        let kind = if script.contains("preflight=done") {
+            "preflight"
+        } else if script.contains("TETHER_GUARD_EOF") {
+            "arm"
+        } else if script.contains("--pipe --wait") {
+            "activate"
+        } else if script.contains("confirm=confirmed") {
+            "confirm"
+        } else if script.contains("inspect=done") {
+            "inspect"
+        } else if script.contains("rollback-request") {
+            "ask-rollback"
+        } else if script.contains("lease.new") {
+            "renew"
+        } else if script.contains("profile=ok") {
+            "persist"
+        } else if script.contains("finished") {
+            "finish"
+        } else {
+            "other"
+        };
+        self.calls.borrow_mut().push((kind.to_string(), conn));
+        let hang = kind == "activate" && self.activation == Activation::Hang;
+        let result = match kind {
+            "preflight" => self.preflight.clone().and_then(|s| ok(&s)),
+            "arm" => ok("arm=armed\n"),
+            "activate" => match self.activation {
+                Activation::Exit(code) => Ok(ScriptOutput {
+                    exit_code: Some(code),
+                    ..Default::default()
+                }),
+                Activation::Hang => ok(""),
+            },
+            "confirm" => self
+                .confirm
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(RemoteError::Unreachable("connection refused".into())))
+                .and_then(|s| ok(&s)),
+            "inspect" => self
+                .inspect
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(RemoteError::Unreachable("no route".into())))
+                .and_then(|s| ok(&s)),
+            "renew" => self.renew.clone().and_then(|s| ok(&s)),
+            "persist" => ok(&self.persist),
+            _ => ok(""),
+        };
+        async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            result
+        }
+    }
+
+    fn copy(
+        &self,
+        _path: &StorePath,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<(), RemoteError>> {
+        self.calls.borrow_mut().push(("copy".into(), Conn::Shared));
+        async { Ok(()) }
+    }
+}
+
+/// A clock whose sleeps return at once, having advanced virtual time.
+#[derive(Default)]
+struct VirtualClock(Cell<Duration>);
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Duration {
+        self.0.get()
+    }
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        self.0.set(self.0.get() + d);
+        async {}
+    }
+}
+
+#[derive(Default)]
+struct Recorder(RefCell<Vec<Event>>);
+
+impl Reporter for Recorder {
+    fn event(&self, event: Event) {
+        self.0.borrow_mut().push(event);
+    }
+}
+
+fn job(goal: Goal) -> HostJob {
+    HostJob {
+        host: "web1".parse().unwrap(),
+        new_system: StorePath::new(NEW).unwrap(),
+        platform: Some("x86_64-linux".into()),
+        machine_id: Some("m1".into()),
+        goal,
+        timeouts: Timeouts::default(),
+        deploy_id: DeployId::new("20261121T000000", "abcdef").unwrap(),
+        token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
+    }
+}
+
+fn deploy(fake: &Fake, goal: Goal) -> (HostReport, Vec<Event>) {
+    let clock = VirtualClock::default();
+    let rec = Recorder::default();
+    let report =
+        futures::executor::block_on(run_host(&job(goal), fake, &clock, &rec, Duration::ZERO));
+    (report, rec.0.into_inner())
+}
+
+#[test]
+fn healthy_switch_is_confirmed_over_a_fresh_connection_then_persisted() {
+    let fake = Fake::healthy();
+    let (report, events) = deploy(&fake, Goal::Switch);
+    assert_eq!(
+        report.outcome,
+        Outcome::Confirmed {
+            generation: Some(2),
+            persisted: true
+        }
+    );
+    assert_eq!(fake.conn_of("confirm"), vec![Conn::Fresh]);
+    assert!(fake.called("arm") && fake.called("persist"));
+    let phases: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Phase { phase } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            Phase::Preflight,
+            Phase::Copying,
+            Phase::Arming,
+            Phase::Activating,
+            Phase::Confirming,
+            Phase::Persisting
+        ]
+    );
+}
+
+#[test]
+fn goal_test_confirms_without_persisting() {
+    let fake = Fake::healthy();
+    let (report, _) = deploy(&fake, Goal::Test);
+    assert_eq!(
+        report.outcome,
+        Outcome::Confirmed {
+            generation: None,
+            persisted: false
+        }
+    );
+    assert!(!fake.called("persist") && fake.called("finish"));
+}
+
+#[test]
+fn the_same_system_again_is_unchanged_and_touches_nothing() {
+    let fake = Fake {
+        preflight: Ok(preflight(NEW, NEW)),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Unchanged);
+    assert!(!fake.called("copy") && !fake.called("arm"));
+}
+
+#[test]
+fn a_foreign_machine_id_is_refused_before_copying() {
+    let fake = Fake {
+        preflight: Ok(preflight(OLD, OLD).replace("machine_id=m1", "machine_id=m2")),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::Refused { reason } if reason.contains("machine-id"))
+    );
+    assert!(!fake.called("copy"));
+}
+
+#[test]
+fn an_unpinned_host_key_is_refused() {
+    let fake = Fake {
+        preflight: Err(RemoteError::HostKey("Host key verification failed.".into())),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::Refused { reason } if reason.contains("pinned host key"))
+    );
+    assert!(!fake.called("copy"));
+}
+
+#[test]
+fn a_system_for_another_architecture_is_refused() {
+    let fake = Fake {
+        preflight: Ok(preflight(OLD, OLD).replace("arch=x86_64", "arch=aarch64")),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::Refused { reason } if reason.contains("aarch64-linux"))
+    );
+}
+
+#[test]
+fn a_host_busy_with_another_deploy_is_refused() {
+    let fake = Fake {
+        preflight: Ok(preflight(OLD, OLD) + "busy=20260101T000000-aa\n"),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::Refused { reason } if reason.contains("20260101T000000-aa"))
+    );
+    assert!(!fake.called("copy"));
+}
+
+#[test]
+fn failed_activation_rolls_back_at_once_and_names_the_exit_code() {
+    let fake = Fake {
+        activation: Activation::Exit(4),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=activation exited 4\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    match &report.outcome {
+        Outcome::RolledBack { reason } => {
+            assert!(reason.contains("exited 4"), "{reason}");
+            assert!(reason.contains("failed to start"), "{reason}");
+        }
+        other => panic!("expected rolled back, got {other:?}"),
+    }
+    assert!(fake.called("ask-rollback"));
+    assert!(!fake.called("confirm") && !fake.called("persist"));
+}
+
+#[test]
+fn a_confirmation_after_the_guard_fired_is_reported_rolled_back() {
+    let fake = Fake {
+        confirm: RefCell::new(
+            vec![Ok(format!(
+                "machine_id=m1\ncurrent={OLD}\nboot_id=boot1\nconfirm=too-late\nstate=rolled-back\nreason=lease expired\n"
+            ))]
+            .into(),
+        ),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=lease expired\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(report.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(!fake.called("persist"));
+}
+
+#[test]
+fn no_fresh_connection_means_no_confirmation_and_a_rollback() {
+    let fake = Fake {
+        confirm: RefCell::new(VecDeque::new()),
+        inspect: RefCell::new(
+            vec![
+                Err(RemoteError::Unreachable("refused".into())),
+                Ok(format!(
+                    "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=deployer asked\ninspect=done\n"
+                )),
+            ]
+            .into(),
+        ),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    match &report.outcome {
+        Outcome::RolledBack { reason } => {
+            assert!(reason.contains("fresh SSH connection"), "{reason}")
+        }
+        other => panic!("expected rolled back, got {other:?}"),
+    }
+    assert!(fake.called("ask-rollback"));
+}
+
+#[test]
+fn a_host_lost_for_good_is_unknown_never_success() {
+    let fake = Fake {
+        activation: Activation::Hang,
+        renew: Err(RemoteError::Unreachable("timed out".into())),
+        inspect: RefCell::new(VecDeque::new()),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    match &report.outcome {
+        Outcome::Unknown { reason } => assert!(reason.contains("lost contact"), "{reason}"),
+        other => panic!("expected unknown, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_host_that_rebooted_into_the_old_system_is_rolled_back() {
+    let fake = Fake {
+        activation: Activation::Hang,
+        renew: Err(RemoteError::Unreachable("timed out".into())),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={OLD}\nboot_id=boot2\nstate=missing\nreason=\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::RolledBack { reason } if reason.contains("rebooted")),
+        "{:?}",
+        report.outcome
+    );
+}
+
+#[test]
+fn a_failed_persist_is_loud_and_not_a_success() {
+    let fake = Fake {
+        persist: "profile=ok\nboot_rc=1\ngeneration=2\n".into(),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert!(
+        matches!(&report.outcome, Outcome::ConfirmedNotPersisted { reason } if reason.contains("boot the old one"))
+    );
+    assert!(!report.outcome.is_success());
+}
+
+#[test]
+fn exit_codes_tell_success_failure_and_unknown_apart() {
+    let r = |outcome| HostReport {
+        host: "h".parse().unwrap(),
+        outcome,
+        old_system: None,
+        new_system: NEW.into(),
+        duration_ms: 0,
+    };
+    let confirmed = r(Outcome::Confirmed {
+        generation: None,
+        persisted: true,
+    });
+    let rolled = r(Outcome::RolledBack { reason: "x".into() });
+    let unknown = r(Outcome::Unknown { reason: "x".into() });
+    assert_eq!(
+        outcome::exit_code(&[confirmed.clone(), r(Outcome::Unchanged)]),
+        0
+    );
+    assert_eq!(outcome::exit_code(&[confirmed.clone(), rolled.clone()]), 1);
+    assert_eq!(outcome::exit_code(&[rolled, unknown, confirmed]), 3);
+}

@@ -1,0 +1,92 @@
+# tether guard for one deploy. Runs on the target as a transient systemd
+# service (systemd-run), owned by PID 1 and not by any SSH session, so it
+# survives SSH loss, sshd restarts and the deployer being killed.
+#
+# It holds a lease that the deployer renews. While the deploy is on trial
+# (state "armed") it rolls the host back to the previous system with that
+# system's own `bin/switch-to-configuration test` when the lease lapses, when
+# the new system's activation failed, or when the deployer asks for it. After
+# a confirmation it keeps the deploy lock until the deployer reports the new
+# system persisted (state "finished"), or its lease lapses.
+#
+# Needs only POSIX sh, coreutils, flock and systemctl; nothing of tether is
+# installed on the target. Argument: the deploy's state directory, which holds
+# `params` (shell assignments written by tether with every value quoted).
+set -u
+dir=$1
+. "$dir/params"
+
+uptime_s() { cut -d. -f1 /proc/uptime; }
+state() { cat "$dir/state" 2>/dev/null; }
+
+journal() {
+    mkdir -p /var/lib/tether
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DEPLOY_ID" "$1" \
+        "$OLD" "$NEW" "guard" "$2" >>/var/lib/tether/journal
+}
+
+# Moves the state from $1 to $2, only if it is still $1, under the state lock
+# that confirmations take too: a confirmation and a rollback never both win.
+move() {
+    flock "$dir/state.lock" sh -c \
+        'test "$(cat "$1/state")" = "$2" && printf "%s\n" "$3" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' \
+        sh "$dir" "$1" "$2"
+}
+
+release_lock() {
+    if [ "$(cat "$LOCK_DIR/deploy" 2>/dev/null)" = "$DEPLOY_ID" ]; then
+        rm -rf "$LOCK_DIR"
+    fi
+}
+
+rollback() {
+    move armed rolling-back || return 0
+    printf '%s\n' "$1" >"$dir/reason"
+    journal rolling-back "$1"
+    # A hung activation must not keep running (nor hold the NixOS
+    # switch-to-configuration lock) while the old system is re-activated.
+    systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
+    "$OLD/bin/switch-to-configuration" test >"$dir/rollback.log" 2>&1
+    rc=$?
+    printf '%s\n' "$rc" >"$dir/rollback.rc"
+    if [ "$(readlink -f /run/current-system)" = "$OLD" ]; then
+        move rolling-back rolled-back
+        journal rolled-back "$1; switch-to-configuration test of the previous system exited $rc"
+    else
+        move rolling-back rollback-failed
+        journal rollback-failed "$1; switch-to-configuration test of the previous system exited $rc"
+    fi
+    release_lock
+}
+
+journal armed "lease ${LEASE_SECONDS}s"
+while :; do
+    case "$(state)" in
+    armed)
+        if [ -e "$dir/rollback-request" ]; then
+            rollback "deployer asked: $(cat "$dir/rollback-request")"
+            exit 0
+        fi
+        if [ -e "$dir/activation.rc" ] && [ "$(cat "$dir/activation.rc")" != 0 ]; then
+            rollback "activation exited $(cat "$dir/activation.rc")"
+            exit 0
+        fi
+        if [ "$(uptime_s)" -ge "$(cat "$dir/lease")" ]; then
+            rollback "lease expired: the deployer did not confirm in time"
+            exit 0
+        fi
+        ;;
+    confirmed)
+        if [ "$(uptime_s)" -ge "$(cat "$dir/lease")" ]; then
+            journal confirmed-unfinished "confirmed, but the deployer never reported persisting"
+            release_lock
+            exit 0
+        fi
+        ;;
+    *)
+        release_lock
+        exit 0
+        ;;
+    esac
+    sleep 0.5
+done

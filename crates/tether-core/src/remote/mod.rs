@@ -1,0 +1,644 @@
+//! The remote command vocabulary: every shell script tether runs on a target,
+//! built in this one place with every value quoted by [`crate::shell::quote`],
+//! and the pure parsers of what those scripts print.
+//!
+//! Scripts need only POSIX sh, coreutils, util-linux's `flock`, systemd and
+//! Nix on the target; nothing of tether is installed there. Per-deploy state
+//! lives in `/run/tether/deploys/<deploy id>` (gone after a reboot, as the
+//! trial it describes is), the deploy lock is the directory `/run/tether/lock`,
+//! and an append-only journal is kept in `/var/lib/tether/journal`.
+
+use crate::inventory::StorePath;
+use crate::shell::quote;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The guard's shell script, written to the target at arm time.
+pub const GUARD_SCRIPT: &str = include_str!("guard.sh");
+
+pub const RUN_DIR: &str = "/run/tether";
+pub const LOCK_DIR: &str = "/run/tether/lock";
+pub const JOURNAL: &str = "/var/lib/tether/journal";
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
+
+/// A deploy's identity: a sortable timestamp and a random suffix,
+/// `20261121T084900-1a2b3c`. Only `[0-9A-Za-z-]`, so it is safe in unit
+/// names and paths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct DeployId(String);
+
+impl DeployId {
+    /// Builds an id from a UTC timestamp (`YYYYmmddTHHMMSS`) and random hex.
+    pub fn new(timestamp: &str, random_hex: &str) -> Option<DeployId> {
+        let id = format!("{timestamp}-{random_hex}");
+        let ok = !timestamp.is_empty()
+            && !random_hex.is_empty()
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        ok.then_some(DeployId(id))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeployId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The secret that lets exactly one deploy confirm its own trial.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Accepts 32 or more hex digits.
+    pub fn new(hex: &str) -> Option<Token> {
+        (hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| Token(hex.into()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// Everything the target needs to guard one trial.
+#[derive(Debug, Clone)]
+pub struct GuardSpec {
+    pub deploy_id: DeployId,
+    pub token: Token,
+    pub old_system: StorePath,
+    pub new_system: StorePath,
+    pub lease: Duration,
+}
+
+impl GuardSpec {
+    pub fn dir(&self) -> String {
+        format!("{RUN_DIR}/deploys/{}", self.deploy_id)
+    }
+    pub fn guard_unit(&self) -> String {
+        format!("tether-guard-{}", self.deploy_id)
+    }
+    pub fn activation_unit(&self) -> String {
+        format!("tether-activate-{}", self.deploy_id)
+    }
+    fn lease_secs(&self) -> u64 {
+        self.lease.as_secs().max(1)
+    }
+}
+
+/// Goals of `switch-to-configuration`, with what each implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Goal {
+    Switch,
+    Boot,
+    Test,
+    DryActivate,
+}
+
+impl Goal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Switch => "switch",
+            Goal::Boot => "boot",
+            Goal::Test => "test",
+            Goal::DryActivate => "dry-activate",
+        }
+    }
+    /// Whether the new system is activated now (and so needs a guard).
+    pub fn activates(self) -> bool {
+        matches!(self, Goal::Switch | Goal::Test)
+    }
+    /// Whether the profile and boot default move to the new system.
+    pub fn persists(self) -> bool {
+        matches!(self, Goal::Switch | Goal::Boot)
+    }
+}
+
+impl std::str::FromStr for Goal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "switch" => Ok(Goal::Switch),
+            "boot" => Ok(Goal::Boot),
+            "test" => Ok(Goal::Test),
+            "dry-activate" => Ok(Goal::DryActivate),
+            _ => Err(format!(
+                "unknown goal {s:?} (expected switch, boot, test or dry-activate)"
+            )),
+        }
+    }
+}
+
+/// What NixOS's `switch-to-configuration` exit codes mean.
+pub fn activation_exit_meaning(code: i32) -> &'static str {
+    match code {
+        0 => "success",
+        1 => "error (bad arguments, or switch-to-configuration could not run)",
+        2 => "the activation script failed",
+        3 => "systemd could not be reloaded",
+        4 => "a unit failed to start or is failed after the switch",
+        100 => "switch-to-configuration refused to run",
+        _ => "unknown failure",
+    }
+}
+
+/// Lines `key=value` printed by the scripts below; a key may repeat.
+pub type Fields = BTreeMap<String, Vec<String>>;
+
+/// Parses `key=value` lines; other lines are ignored (login banners, MOTD).
+pub fn parse_fields(stdout: &str) -> Fields {
+    let mut map: Fields = BTreeMap::new();
+    for line in stdout.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                map.entry(k.to_string()).or_default().push(v.to_string());
+            }
+        }
+    }
+    map
+}
+
+fn first<'a>(f: &'a Fields, key: &str) -> Option<&'a str> {
+    f.get(key)
+        .and_then(|v| v.first())
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Prints the host's identity and systems. Read-only.
+pub fn preflight_script() -> String {
+    format!(
+        r#"set -u
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "arch=$(uname -m)"
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
+echo "profile=$(readlink -f {profile} 2>/dev/null)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+for t in systemd-run systemctl flock nix-env nix-store readlink; do
+    command -v "$t" >/dev/null 2>&1 || echo "missing=$t"
+done
+if [ -d {lock} ]; then
+    unit=$(cat {lock}/unit 2>/dev/null)
+    if [ -n "$unit" ] && systemctl is-active --quiet "$unit" 2>/dev/null; then
+        echo "busy=$(cat {lock}/deploy 2>/dev/null)"
+    fi
+fi
+echo "preflight=done"
+"#,
+        profile = quote(SYSTEM_PROFILE),
+        lock = quote(LOCK_DIR),
+    )
+}
+
+/// What the preflight learnt about a host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Facts {
+    pub machine_id: String,
+    pub hostname: String,
+    /// `uname -m`, e.g. `x86_64`.
+    pub arch: String,
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    pub profile_system: Option<String>,
+    pub boot_id: String,
+    /// Tools the safe switch needs that the host lacks.
+    pub missing_tools: Vec<String>,
+    /// Another deploy holding the host's deploy lock with a live guard.
+    pub busy_with: Option<String>,
+}
+
+impl Facts {
+    /// The Nix system string of the host's architecture (`x86_64-linux`).
+    pub fn nix_system(&self) -> String {
+        let arch = match self.arch.as_str() {
+            "arm64" => "aarch64",
+            "i386" | "i586" | "i686" => "i686",
+            other => other,
+        };
+        format!("{arch}-linux")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected output from the target ({0})")]
+pub struct ParseError(pub String);
+
+pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
+    let f = parse_fields(stdout);
+    if first(&f, "preflight") != Some("done") {
+        return Err(ParseError("the preflight script did not finish".into()));
+    }
+    Ok(Facts {
+        machine_id: first(&f, "machine_id").unwrap_or_default().to_string(),
+        hostname: first(&f, "hostname").unwrap_or_default().to_string(),
+        arch: first(&f, "arch").unwrap_or_default().to_string(),
+        current_system: first(&f, "current").map(str::to_string),
+        booted_system: first(&f, "booted").map(str::to_string),
+        profile_system: first(&f, "profile").map(str::to_string),
+        boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
+        missing_tools: f.get("missing").cloned().unwrap_or_default(),
+        busy_with: first(&f, "busy").map(str::to_string),
+    })
+}
+
+/// Takes the host's deploy lock, writes the deploy's state directory and
+/// starts the guard (`systemd-run`, owned by PID 1). Prints `arm=armed`, or
+/// `arm=busy` with `busy=<deploy id>` when another deploy's guard is alive.
+/// A lock whose guard is gone (a deployer killed earlier, a reboot) is stale
+/// and taken over.
+pub fn arm_script(spec: &GuardSpec) -> String {
+    let dir = spec.dir();
+    format!(
+        r#"set -u
+dir={dir}
+lockdir={lock}
+mkdir -p {run}/deploys
+# Resolve the guard's tools now, to store paths on NixOS: the guard must keep
+# working while /run/current-system changes under it.
+tool_path=
+for t in flock systemctl cut sleep readlink date mv cat rm mkdir; do
+    p=$(command -v "$t") || {{ echo "arm=missing-tool"; echo "missing=$t"; exit 0; }}
+    d=$(dirname "$(readlink -f "$p")")
+    case ":$tool_path:" in *":$d:"*) ;; *) tool_path="$tool_path${{tool_path:+:}}$d" ;; esac
+done
+sh_path=$(readlink -f "$(command -v sh)")
+exec 9>{run}/lock.flock
+flock 9
+if [ -d "$lockdir" ]; then
+    unit=$(cat "$lockdir/unit" 2>/dev/null)
+    if [ -n "$unit" ] && systemctl is-active --quiet "$unit"; then
+        echo "arm=busy"
+        echo "busy=$(cat "$lockdir/deploy" 2>/dev/null)"
+        exit 0
+    fi
+    rm -rf "$lockdir"
+fi
+mkdir "$lockdir" "$dir"
+printf '%s\n' {id} >"$lockdir/deploy"
+printf '%s\n' {unit} >"$lockdir/unit"
+umask 077
+{{
+    printf 'DEPLOY_ID=%s\n' {id_q}
+    printf 'OLD=%s\n' {old_q}
+    printf 'NEW=%s\n' {new_q}
+    printf 'ACTIVATION_UNIT=%s\n' {act_q}
+    printf 'LOCK_DIR=%s\n' {lock_q}
+    printf 'LEASE_SECONDS=%s\n' {lease}
+    printf 'TOOL_PATH=%s\n' "'$tool_path'"
+    printf 'SH=%s\n' "'$sh_path'"
+}} >"$dir/params"
+printf '%s\n' {token} >"$dir/token"
+printf 'armed\n' >"$dir/state"
+echo $(( $(cut -d. -f1 /proc/uptime) + {lease} )) >"$dir/lease"
+cat >"$dir/guard.sh" <<'TETHER_GUARD_EOF'
+{guard}TETHER_GUARD_EOF
+if systemd-run --unit={unit} --description={desc} --quiet --collect \
+    --setenv=PATH="$tool_path:/usr/bin:/bin" "$sh_path" "$dir/guard.sh" "$dir"; then
+    echo "arm=armed"
+else
+    rm -rf "$lockdir"
+    echo "arm=failed"
+fi
+"#,
+        dir = quote(&dir),
+        lock = quote(LOCK_DIR),
+        run = quote(RUN_DIR),
+        id = quote(spec.deploy_id.as_str()),
+        unit = quote(&spec.guard_unit()),
+        // The params file is sourced by the guard: quote once for this
+        // script and once more for that file.
+        id_q = quote(&quote(spec.deploy_id.as_str())),
+        old_q = quote(&quote(spec.old_system.as_str())),
+        new_q = quote(&quote(spec.new_system.as_str())),
+        act_q = quote(&quote(&spec.activation_unit())),
+        lock_q = quote(&quote(LOCK_DIR)),
+        lease = spec.lease_secs(),
+        token = quote(spec.token.as_str()),
+        guard = GUARD_SCRIPT,
+        desc = quote(&format!("tether guard for deploy {}", spec.deploy_id)),
+    )
+}
+
+/// The outcome of arming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArmResult {
+    Armed,
+    Busy(String),
+    MissingTool(String),
+    Failed,
+}
+
+pub fn parse_arm(stdout: &str) -> Result<ArmResult, ParseError> {
+    let f = parse_fields(stdout);
+    match first(&f, "arm") {
+        Some("armed") => Ok(ArmResult::Armed),
+        Some("busy") => Ok(ArmResult::Busy(
+            first(&f, "busy").unwrap_or("another deploy").to_string(),
+        )),
+        Some("missing-tool") => Ok(ArmResult::MissingTool(
+            first(&f, "missing").unwrap_or("?").to_string(),
+        )),
+        Some("failed") => Ok(ArmResult::Failed),
+        _ => Err(ParseError("arming the guard printed no result".into())),
+    }
+}
+
+/// Runs the new system's `switch-to-configuration GOAL` as its own transient
+/// unit, so losing SSH or restarting sshd cannot kill it half-way; its output
+/// streams back through `--pipe` and the script exits with its exit code,
+/// which is also recorded for the guard (`activation.rc`).
+pub fn activate_script(spec: &GuardSpec, goal: Goal) -> String {
+    format!(
+        r#"set -u
+dir={dir}
+. "$dir/params"
+exec systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
+    --service-type=exec --setenv=PATH="$TOOL_PATH:/usr/bin:/bin" \
+    "$SH" -c '"$1/bin/switch-to-configuration" "$2"; rc=$?; printf "%s\n" "$rc" >"$3/activation.rc.new"; mv -f "$3/activation.rc.new" "$3/activation.rc"; exit $rc' \
+    sh {new} {goal} "$dir" </dev/null
+"#,
+        dir = quote(&spec.dir()),
+        unit = quote(&spec.activation_unit()),
+        desc = quote(&format!("tether activation for deploy {}", spec.deploy_id)),
+        new = quote(spec.new_system.as_str()),
+        goal = quote(goal.as_str()),
+    )
+}
+
+/// Extends the lease while the trial (or the persisting after a
+/// confirmation) goes on; prints the guard's state either way.
+pub fn renew_script(spec: &GuardSpec) -> String {
+    format!(
+        r#"set -u
+dir={dir}
+flock "$dir/state.lock" sh -c 'case "$(cat "$1/state")" in armed|confirmed) echo $(( $(cut -d. -f1 /proc/uptime) + $2 )) >"$1/lease.new" && mv -f "$1/lease.new" "$1/lease" ;; esac' sh "$dir" {lease}
+echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
+"#,
+        dir = quote(&spec.dir()),
+        lease = spec.lease_secs(),
+    )
+}
+
+/// Asks the guard to roll back now (it acts only while the trial is armed).
+pub fn request_rollback_script(spec: &GuardSpec, reason: &str) -> String {
+    format!(
+        r#"set -u
+dir={dir}
+if [ -d "$dir" ]; then printf '%s\n' {reason} >"$dir/rollback-request.new" && mv -f "$dir/rollback-request.new" "$dir/rollback-request"; fi
+echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
+"#,
+        dir = quote(&spec.dir()),
+        reason = quote(reason),
+    )
+}
+
+/// Run over a brand-new SSH connection: checks the host runs the new system
+/// and is the pinned machine, then confirms with the deploy's token, which
+/// only succeeds while the trial is still armed (never after the guard fired).
+pub fn confirm_script(spec: &GuardSpec) -> String {
+    format!(
+        r#"set -u
+dir={dir}
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+if [ ! -d "$dir" ]; then
+    echo "confirm=no-trial"
+elif [ "$(cat "$dir/token")" != {token} ]; then
+    echo "confirm=bad-token"
+elif [ "$(readlink -f /run/current-system)" != {new} ]; then
+    echo "confirm=not-running-new"
+elif flock "$dir/state.lock" sh -c 'test "$(cat "$1/state")" = armed && echo $(( $(cut -d. -f1 /proc/uptime) + $2 )) >"$1/lease" && printf "confirmed\n" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' sh "$dir" {lease}; then
+    echo "confirm=confirmed"
+else
+    echo "confirm=too-late"
+fi
+echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
+echo "reason=$(cat "$dir/reason" 2>/dev/null)"
+"#,
+        dir = quote(&spec.dir()),
+        token = quote(spec.token.as_str()),
+        new = quote(spec.new_system.as_str()),
+        lease = spec.lease_secs(),
+    )
+}
+
+/// The guard's state as a deploy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardState {
+    Armed,
+    Confirmed,
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
+    Finished,
+    /// No state directory: the host rebooted (or someone removed it).
+    Missing,
+    Other(String),
+}
+
+impl GuardState {
+    pub fn parse(s: &str) -> GuardState {
+        match s.trim() {
+            "armed" => GuardState::Armed,
+            "confirmed" => GuardState::Confirmed,
+            "rolling-back" => GuardState::RollingBack,
+            "rolled-back" => GuardState::RolledBack,
+            "rollback-failed" => GuardState::RollbackFailed,
+            "finished" => GuardState::Finished,
+            "missing" | "" => GuardState::Missing,
+            other => GuardState::Other(other.to_string()),
+        }
+    }
+}
+
+/// Parses the `state=` line that renew, rollback-request and confirm print.
+pub fn parse_state(stdout: &str) -> Result<GuardState, ParseError> {
+    let f = parse_fields(stdout);
+    f.get("state")
+        .and_then(|v| v.first())
+        .map(|s| GuardState::parse(s))
+        .ok_or_else(|| ParseError("no guard state printed".into()))
+}
+
+/// What a confirmation attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmReport {
+    pub result: ConfirmResult,
+    pub machine_id: String,
+    pub current_system: Option<String>,
+    pub boot_id: String,
+    pub state: GuardState,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmResult {
+    Confirmed,
+    /// The guard already fired (or the trial ended otherwise).
+    TooLate,
+    NotRunningNew,
+    NoTrial,
+    BadToken,
+}
+
+pub fn parse_confirm(stdout: &str) -> Result<ConfirmReport, ParseError> {
+    let f = parse_fields(stdout);
+    let result = match first(&f, "confirm") {
+        Some("confirmed") => ConfirmResult::Confirmed,
+        Some("too-late") => ConfirmResult::TooLate,
+        Some("not-running-new") => ConfirmResult::NotRunningNew,
+        Some("no-trial") => ConfirmResult::NoTrial,
+        Some("bad-token") => ConfirmResult::BadToken,
+        _ => return Err(ParseError("the confirmation printed no result".into())),
+    };
+    Ok(ConfirmReport {
+        result,
+        machine_id: first(&f, "machine_id").unwrap_or_default().to_string(),
+        current_system: first(&f, "current").map(str::to_string),
+        boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
+        state: GuardState::parse(first(&f, "state").unwrap_or("missing")),
+        reason: first(&f, "reason").map(str::to_string),
+    })
+}
+
+/// Reads the guard's state and the host's systems (after a rollback was
+/// requested or the lease lapsed).
+pub fn inspect_script(spec: &GuardSpec) -> String {
+    format!(
+        r#"set -u
+dir={dir}
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
+echo "reason=$(cat "$dir/reason" 2>/dev/null)"
+echo "activation_rc=$(cat "$dir/activation.rc" 2>/dev/null)"
+echo "rollback_rc=$(cat "$dir/rollback.rc" 2>/dev/null)"
+echo "inspect=done"
+"#,
+        dir = quote(&spec.dir()),
+    )
+}
+
+/// The guard's state and the host's systems, as [`inspect_script`] prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub current_system: Option<String>,
+    pub boot_id: String,
+    pub state: GuardState,
+    pub reason: Option<String>,
+    pub activation_rc: Option<i32>,
+    pub rollback_rc: Option<i32>,
+}
+
+pub fn parse_inspect(stdout: &str) -> Result<Inspection, ParseError> {
+    let f = parse_fields(stdout);
+    if first(&f, "inspect") != Some("done") {
+        return Err(ParseError("the inspection did not finish".into()));
+    }
+    Ok(Inspection {
+        current_system: first(&f, "current").map(str::to_string),
+        boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
+        state: GuardState::parse(first(&f, "state").unwrap_or("missing")),
+        reason: first(&f, "reason").map(str::to_string),
+        activation_rc: first(&f, "activation_rc").and_then(|s| s.parse().ok()),
+        rollback_rc: first(&f, "rollback_rc").and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Makes the confirmed system permanent: the next profile generation and the
+/// boot default (`switch-to-configuration boot`), then ends the trial so the
+/// guard releases the deploy lock. With no guard (goal `boot`) only persists.
+pub fn persist_script(new_system: &StorePath, spec: Option<&GuardSpec>) -> String {
+    let finish = spec.map(finish_script).unwrap_or_default();
+    format!(
+        r#"set -u
+new={new}
+if nix-env -p {profile} --set "$new" >/dev/null; then
+    echo "profile=ok"
+    "$new/bin/switch-to-configuration" boot
+    echo "boot_rc=$?"
+else
+    echo "profile=failed"
+fi
+echo "generation=$(readlink {profile} 2>/dev/null | sed -n 's/^system-\([0-9]*\)-link$/\1/p')"
+{finish}"#,
+        new = quote(new_system.as_str()),
+        profile = quote(SYSTEM_PROFILE),
+    )
+}
+
+/// Ends a confirmed trial: the guard releases the deploy lock and exits.
+pub fn finish_script(spec: &GuardSpec) -> String {
+    format!(
+        r#"dir={dir}
+flock "$dir/state.lock" sh -c 'printf "finished\n" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' sh "$dir"
+"#,
+        dir = quote(&spec.dir())
+    )
+}
+
+/// What persisting did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistReport {
+    pub profile_set: bool,
+    /// Exit code of `switch-to-configuration boot` (None when not reached).
+    pub boot_rc: Option<i32>,
+    pub generation: Option<u32>,
+}
+
+pub fn parse_persist(stdout: &str) -> Result<PersistReport, ParseError> {
+    let f = parse_fields(stdout);
+    let profile_set = match first(&f, "profile") {
+        Some("ok") => true,
+        Some("failed") => false,
+        _ => return Err(ParseError("persisting printed no result".into())),
+    };
+    Ok(PersistReport {
+        profile_set,
+        boot_rc: first(&f, "boot_rc").and_then(|s| s.parse().ok()),
+        generation: first(&f, "generation").and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Runs `switch-to-configuration dry-activate` of a copied system.
+pub fn dry_activate_script(new_system: &StorePath) -> String {
+    format!(
+        "set -u\n{}/bin/switch-to-configuration dry-activate\n",
+        quote(new_system.as_str())
+    )
+}
+
+/// Appends a line to the target's journal (the deployer's view of a deploy).
+pub fn journal_script(
+    deploy_id: &DeployId,
+    event: &str,
+    old: Option<&StorePath>,
+    new: &StorePath,
+    detail: &str,
+) -> String {
+    format!(
+        r#"mkdir -p /var/lib/tether && printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {id} {event} {old} {new} deployer {detail} >>{journal}
+"#,
+        id = quote(deploy_id.as_str()),
+        event = quote(event),
+        old = quote(old.map(StorePath::as_str).unwrap_or("-")),
+        new = quote(new.as_str()),
+        detail = quote(&detail.replace(['\t', '\n'], " ")),
+        journal = quote(JOURNAL),
+    )
+}
+
+#[cfg(test)]
+mod tests;
