@@ -65,6 +65,10 @@ pub enum Problem {
     },
     #[error("must be the name of a nixosConfigurations entry, a NixOS configuration or a derivation, found {0}")]
     InvalidConfiguration(String),
+    #[error("{0:?} cannot be passed to ssh through Nix (entries must be non-empty and without whitespace; split \"-o Foo=bar\" into \"-o\" \"Foo=bar\")")]
+    InvalidSshOption(String),
+    #[error("{secs} seconds is out of range ({min}..{max})")]
+    DurationOutOfRange { secs: u64, min: u64, max: u64 },
     #[error("{address} port {port} is also used by host {other:?}")]
     DuplicateAddress {
         address: String,

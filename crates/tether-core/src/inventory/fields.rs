@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use super::error::{suggest, InventoryErrors, Location, Problem};
+use super::settings::TimeoutSettings;
 use super::types::Tag;
 
 /// A short description of a JSON value's type for "expected X, found Y".
@@ -159,6 +160,54 @@ impl<'e> Fields<'e> {
             }
         }
         Some(tags)
+    }
+
+    /// A list of extra `ssh` arguments. They reach Nix through
+    /// `NIX_SSHOPTS`, which Nix splits at whitespace, so an entry with
+    /// whitespace could not be passed faithfully and is refused.
+    pub(crate) fn ssh_options(&mut self, name: &str) -> Option<Vec<String>> {
+        let value = self.take(name)?;
+        let Value::Array(items) = value else {
+            self.wrong_type(name, "a list of strings", &value);
+            return None;
+        };
+        let mut options = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let field = format!("{name}[{i}]");
+            match item {
+                Value::String(s) if s.is_empty() || s.chars().any(char::is_whitespace) => {
+                    self.error(&field, Problem::InvalidSshOption(s))
+                }
+                Value::String(s) => options.push(s),
+                other => self.wrong_type(&field, "a string", &other),
+            }
+        }
+        Some(options)
+    }
+
+    /// `timeouts = { lease = 15; … }`: whole seconds within each key's range.
+    pub(crate) fn timeouts(&mut self, name: &str) -> Option<TimeoutSettings> {
+        let value = self.take(name)?;
+        let Value::Object(map) = value else {
+            self.wrong_type(name, "an attribute set", &value);
+            return None;
+        };
+        let mut timeouts = TimeoutSettings::default();
+        for (key, v) in map {
+            let field = format!("{name}.{key}");
+            let Some(&(_, min, max)) = TimeoutSettings::KEYS.iter().find(|(k, _, _)| *k == key)
+            else {
+                let suggestion = suggest(&key, TimeoutSettings::KEYS.iter().map(|(k, _, _)| *k));
+                self.error(&field, Problem::UnknownField { suggestion });
+                continue;
+            };
+            match v.as_u64() {
+                Some(secs) if (min..=max).contains(&secs) => timeouts.set(&key, secs),
+                Some(secs) => self.error(&field, Problem::DurationOutOfRange { secs, min, max }),
+                None => self.wrong_type(&field, "a whole number of seconds", &v),
+            }
+        }
+        Some(timeouts)
     }
 
     fn wrong_type(&mut self, field: &str, expected: &'static str, found: &Value) {

@@ -22,7 +22,7 @@ use serde_json::Value;
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use host_key::{HostKey, HostKeyError, KeyType};
 pub use selector::{select, Selector, SelectorError, Unmatched};
-pub use settings::Settings;
+pub use settings::{Settings, TimeoutSettings};
 pub use toplevel::{parse_toplevels, StorePath, Toplevel, ToplevelError};
 pub use types::{Address, HostName, MachineId, SshUser, Tag, DEFAULT_SSH_PORT};
 
@@ -66,6 +66,9 @@ pub struct Host {
     /// Defaults' tags, then the host's own, without repeats.
     pub tags: Vec<Tag>,
     pub configuration: Configuration,
+    /// Extra `ssh` arguments: the host's own, then the defaults'.
+    pub ssh_options: Vec<String>,
+    pub timeouts: TimeoutSettings,
 }
 
 impl Host {
@@ -92,6 +95,8 @@ const HOST_FIELDS: &[&str] = &[
     "sshUser",
     "sshPort",
     "tags",
+    "sshOptions",
+    "timeouts",
 ];
 
 impl Inventory {
@@ -221,6 +226,8 @@ fn read_host(
         machine_id,
         tags: settings.tags,
         configuration: configuration?,
+        ssh_options: settings.ssh_options,
+        timeouts: settings.timeouts,
     })
 }
 

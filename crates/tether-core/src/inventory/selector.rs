@@ -177,6 +177,8 @@ mod tests {
             machine_id: None,
             tags: tags.iter().map(|t| t.parse().expect("tag")).collect(),
             configuration: Configuration::Named(name.to_owned()),
+            ssh_options: Vec::new(),
+            timeouts: Default::default(),
         }
     }
 

@@ -14,22 +14,72 @@
 use super::fields::Fields;
 use super::types::{SshUser, Tag};
 
+/// Per-host time limits in seconds (`timeouts = { lease = 15; … }`); unset
+/// keys take tether's defaults (docs/deploy.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutSettings {
+    pub activation: Option<u64>,
+    pub lease: Option<u64>,
+    pub confirm: Option<u64>,
+    pub rollback: Option<u64>,
+    pub copy: Option<u64>,
+}
+
+impl TimeoutSettings {
+    /// The keys `timeouts` accepts, with their allowed range in seconds.
+    pub const KEYS: &'static [(&'static str, u64, u64)] = &[
+        ("activation", 1, 86_400),
+        ("lease", 3, 3_600),
+        ("confirm", 1, 3_600),
+        ("rollback", 1, 3_600),
+        ("copy", 1, 86_400),
+    ];
+
+    pub(crate) fn set(&mut self, key: &str, value: u64) {
+        match key {
+            "activation" => self.activation = Some(value),
+            "lease" => self.lease = Some(value),
+            "confirm" => self.confirm = Some(value),
+            "rollback" => self.rollback = Some(value),
+            "copy" => self.copy = Some(value),
+            _ => {}
+        }
+    }
+
+    fn merge(defaults: &TimeoutSettings, host: TimeoutSettings) -> TimeoutSettings {
+        TimeoutSettings {
+            activation: host.activation.or(defaults.activation),
+            lease: host.lease.or(defaults.lease),
+            confirm: host.confirm.or(defaults.confirm),
+            rollback: host.rollback.or(defaults.rollback),
+            copy: host.copy.or(defaults.copy),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     pub ssh_user: Option<SshUser>,
     pub ssh_port: Option<u16>,
     pub tags: Vec<Tag>,
+    /// Extra arguments for `ssh` (and Nix's SSH), e.g. `["-i" "/path/key"]`.
+    pub ssh_options: Vec<String>,
+    pub timeouts: TimeoutSettings,
 }
 
 impl Settings {
     /// The field names shared by `defaults` and hosts.
-    pub const FIELDS: &'static [&'static str] = &["sshUser", "sshPort", "tags"];
+    pub const FIELDS: &'static [&'static str] =
+        &["sshUser", "sshPort", "tags", "sshOptions", "timeouts"];
 
     pub(crate) fn read(fields: &mut Fields<'_>) -> Settings {
         Settings {
             ssh_user: fields.parse("sshUser"),
             ssh_port: fields.port("sshPort"),
             tags: fields.tags("tags").unwrap_or_default(),
+            ssh_options: fields.ssh_options("sshOptions").unwrap_or_default(),
+            timeouts: fields.timeouts("timeouts").unwrap_or_default(),
         }
     }
 
@@ -45,6 +95,15 @@ impl Settings {
             ssh_user: host.ssh_user.or_else(|| defaults.ssh_user.clone()),
             ssh_port: host.ssh_port.or(defaults.ssh_port),
             tags,
+            // The host's own options first: ssh keeps the first value it
+            // sees for an option, so the host's win over the defaults'.
+            ssh_options: host
+                .ssh_options
+                .iter()
+                .chain(defaults.ssh_options.iter())
+                .cloned()
+                .collect(),
+            timeouts: TimeoutSettings::merge(&defaults.timeouts, host.timeouts),
         }
     }
 }
@@ -64,11 +123,13 @@ mod tests {
             ssh_user: Some("deploy".parse().expect("user")),
             ssh_port: Some(2222),
             tags: tags(&["all", "eu"]),
+            ..Settings::default()
         };
         let host = Settings {
             ssh_user: None,
             ssh_port: Some(22),
             tags: tags(&["eu", "web"]),
+            ..Settings::default()
         };
         let merged = Settings::merge(&defaults, host);
         assert_eq!(merged.ssh_user, Some("deploy".parse().expect("user")));

@@ -313,3 +313,52 @@ fn all_errors_are_collected_not_just_the_first() {
             == 4
     );
 }
+
+#[test]
+fn ssh_options_with_whitespace_are_rejected_by_host_and_field() {
+    let e = single_error(with(
+        web1(),
+        "sshOptions",
+        json!(["-o StrictHostKeyChecking=no"]),
+    ));
+    assert!(e.contains("web1") && e.contains("sshOptions[0]"), "{e}");
+}
+
+#[test]
+fn ssh_options_list_host_first_then_defaults() {
+    let tether = json!({
+        "defaults": {"sshOptions": ["-i", "/k/default"]},
+        "hosts": {"web1": with(web1(), "sshOptions", json!(["-i", "/k/web1"]))}
+    });
+    let inv = Inventory::from_eval(doc(tether)).expect("valid");
+    assert_eq!(
+        inv.get("web1").expect("web1").ssh_options,
+        ["-i", "/k/web1", "-i", "/k/default"]
+    );
+}
+
+#[test]
+fn timeouts_merge_per_key_and_bad_keys_are_named() {
+    let tether = json!({
+        "defaults": {"timeouts": {"lease": 20, "activation": 60}},
+        "hosts": {"web1": with(web1(), "timeouts", json!({"lease": 5}))}
+    });
+    let inv = Inventory::from_eval(doc(tether)).expect("valid");
+    let t = inv.get("web1").expect("web1").timeouts;
+    assert_eq!(
+        (t.lease, t.activation, t.confirm),
+        (Some(5), Some(60), None)
+    );
+    let errors = errors_of(
+        json!({"hosts": {"web1": with(web1(), "timeouts", json!({"leese": 5, "lease": 0}))}}),
+    );
+    let all = errors.join("\n");
+    assert!(
+        all.contains("web1") && all.contains("timeouts.leese"),
+        "{all}"
+    );
+    assert!(
+        all.contains("timeouts.lease") && all.contains("out of range"),
+        "{all}"
+    );
+}
