@@ -40,6 +40,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Hosts(commands::hosts::Args),
+    Deploy(commands::deploy::Args),
 }
 
 /// The checked form of [`GlobalArgs`].
@@ -79,5 +80,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
     let ctx = Context::from_args(cli.global)?;
     match cli.command {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
+        Command::Deploy(args) => commands::deploy::run(&ctx, args).await,
     }
 }

@@ -29,6 +29,9 @@ pub enum CommandError {
     Selector(#[from] SelectorError),
     #[error(transparent)]
     Toplevels(#[from] ToplevelsError),
+    /// Building the systems failed; no host was touched.
+    #[error("building the systems failed: {0}")]
+    Build(crate::nix::NixError),
     /// Some hosts failed, refused, or were rolled back; already reported.
     #[error("{0} host(s) failed or were rolled back")]
     HostsFailed(usize),
@@ -47,7 +50,9 @@ impl CommandError {
             | CommandError::Inventory(_)
             | CommandError::Selector(_)
             | CommandError::Toplevels(_) => USAGE,
-            CommandError::HostsFailed(_) | CommandError::Output(_) => HOST_FAILED,
+            CommandError::HostsFailed(_) | CommandError::Output(_) | CommandError::Build(_) => {
+                HOST_FAILED
+            }
             CommandError::HostsUnknown(_) => HOST_UNKNOWN,
         }
     }

@@ -6,6 +6,9 @@
 //! systems layer directly.
 
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod exit;
 pub mod nix;
+pub mod report;
+pub mod ssh;

@@ -16,6 +16,7 @@ use crate::remote::{
     self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, Token,
 };
 use futures::future::{select, Either};
+use std::cell::RefCell;
 use std::time::Duration;
 
 /// Time limits of one host's deploy (documented in docs/deploy.md).
@@ -375,11 +376,18 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
             }
         }
 
-        let trial = std::pin::pin!(self.trial(&spec));
+        let trouble = RefCell::new(None);
+        let trial = std::pin::pin!(self.trial(&spec, &trouble));
         let keeper = std::pin::pin!(self.keep_lease(&spec));
         let end = match select(trial, keeper).await {
             Either::Left((end, _)) => end,
-            Either::Right((left, _)) => TrialEnd::GuardLeft { reason: left },
+            // Say first what went wrong in the trial, then what the guard did.
+            Either::Right((left, _)) => TrialEnd::GuardLeft {
+                reason: match trouble.take() {
+                    Some(t) => format!("{t}; {left}"),
+                    None => left,
+                },
+            },
         };
         match end {
             TrialEnd::Confirmed => match job.goal {
@@ -398,7 +406,9 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
     }
 
     /// Activation, then confirmation over fresh connections.
-    async fn trial(&self, spec: &GuardSpec) -> TrialEnd {
+    /// `trouble` records the latest problem, for the report when the lease
+    /// keeper ends the trial first.
+    async fn trial(&self, spec: &GuardSpec, trouble: &RefCell<Option<String>>) -> TrialEnd {
         let job = self.job;
         let to = &job.timeouts;
         self.phase(Phase::Activating);
@@ -407,10 +417,12 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
                 line: line.to_string(),
             })
         };
+        // Always `test` during the trial: the boot default must not move
+        // before the deploy is confirmed (a reboot now boots the old system).
         let activation = self
             .target
             .run(
-                &remote::activate_script(spec, job.goal),
+                &remote::activate_script(spec, Goal::Test),
                 Conn::Shared,
                 to.activation,
                 Some(&emit_line),
@@ -421,8 +433,7 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
             Ok(out) => {
                 return TrialEnd::Abandon {
                     reason: format!(
-                        "activation failed: switch-to-configuration {} {}",
-                        job.goal.as_str(),
+                        "activation failed: switch-to-configuration test {}",
                         exit_text(out.exit_code)
                     ),
                     ask: true,
@@ -438,6 +449,7 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
                 // The activation runs on in its own unit; a fresh connection
                 // tells whether it reached the new system.
                 self.warn(format!("lost the activation's SSH session: {e}"));
+                trouble.replace(Some("the SSH session was lost during activation".into()));
             }
         }
 
@@ -477,6 +489,9 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
                 },
                 Err(e) => last = e.to_string(),
             }
+            trouble.replace(Some(format!(
+                "could not confirm over a fresh SSH connection ({last})"
+            )));
             if self.clock.now() >= deadline {
                 return TrialEnd::Abandon {
                     reason: format!(
@@ -508,8 +523,11 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
             {
                 Ok(out) => match remote::parse_state(&out.stdout) {
                     Ok(GuardState::Armed | GuardState::Confirmed) => last_ok = self.clock.now(),
+                    Ok(GuardState::RolledBack | GuardState::RollingBack) => {
+                        return "the host's guard rolled it back".to_string()
+                    }
                     Ok(state) => {
-                        return format!("the guard left the trial on its own (state {state:?})")
+                        return format!("the host's guard left the trial (state {state:?})")
                     }
                     Err(_) => {}
                 },

@@ -28,6 +28,7 @@ struct Fake {
     inspect: RefCell<VecDeque<Result<String, RemoteError>>>,
     persist: String,
     calls: RefCell<Vec<(String, Conn)>>,
+    scripts: RefCell<Vec<String>>,
 }
 
 fn preflight(current: &str, profile: &str) -> String {
@@ -49,6 +50,7 @@ impl Fake {
             inspect: RefCell::new(VecDeque::new()),
             persist: "profile=ok\nboot_rc=0\ngeneration=2\n".into(),
             calls: RefCell::new(Vec::new()),
+            scripts: RefCell::new(Vec::new()),
         }
     }
     fn called(&self, what: &str) -> bool {
@@ -102,6 +104,7 @@ impl Target for Fake {
             "other"
         };
         self.calls.borrow_mut().push((kind.to_string(), conn));
+        self.scripts.borrow_mut().push(script.to_string());
         let hang = kind == "activate" && self.activation == Activation::Hang;
         let result = match kind {
             "preflight" => self.preflight.clone().and_then(|s| ok(&s)),
@@ -203,6 +206,16 @@ fn healthy_switch_is_confirmed_over_a_fresh_connection_then_persisted() {
         }
     );
     assert_eq!(fake.conn_of("confirm"), vec![Conn::Fresh]);
+    assert!(fake
+        .scripts
+        .borrow()
+        .iter()
+        .any(|s| s.contains("--pipe --wait") && s.contains("'test'")));
+    assert!(!fake
+        .scripts
+        .borrow()
+        .iter()
+        .any(|s| s.contains("--pipe --wait") && s.contains("'switch'")));
     assert!(fake.called("arm") && fake.called("persist"));
     let phases: Vec<_> = events
         .iter()

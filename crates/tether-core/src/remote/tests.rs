@@ -1,5 +1,6 @@
 //! Tests of the remote vocabulary: parsers against captured output, and every
 //! script checked by a real `sh -n` so a quoting slip cannot reach a host.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
 use std::io::Write;

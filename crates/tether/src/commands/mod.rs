@@ -1,4 +1,5 @@
 //! One module per subcommand; each has an `Args` struct (its doc comment is
 //! the help text) and `run(&Context, Args)`.
 
+pub mod deploy;
 pub mod hosts;

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tether_core::inventory::{
-    parse_toplevels, EvalDocument, HostName, Inventory, InventoryErrors, Toplevel, ToplevelError,
+    parse_toplevels, EvalDocument, HostName, Inventory, InventoryErrors, StorePath, Toplevel,
+    ToplevelError,
 };
 
 pub use escape::nix_string;
@@ -78,6 +79,8 @@ pub enum NixError {
         status: std::process::ExitStatus,
         stderr_tail: String,
     },
+    #[error("`{command}` did not report {what}")]
+    Missing { command: String, what: String },
     #[error("`{command}` printed output tether cannot read: {source}")]
     BadOutput {
         command: String,
@@ -197,6 +200,66 @@ impl Nix {
             .await
             .map_err(nix_error)?;
         parse_toplevels(value, hosts).map_err(ToplevelsError::Hosts)
+    }
+
+    /// The `nix` program this instance runs (for `nix copy`).
+    pub fn program(&self) -> &OsString {
+        &self.program
+    }
+
+    /// Builds the given derivations with ONE `nix build` and returns each
+    /// one's `out` path, in the same order.
+    pub async fn build(&self, drvs: &[StorePath]) -> Result<Vec<StorePath>, NixError> {
+        let program = self.program.to_string_lossy().into_owned();
+        let command = format!(
+            "{program} build --no-link --json <{} derivations>",
+            drvs.len()
+        );
+        let output = tokio::process::Command::new(&self.program)
+            .args(["--extra-experimental-features", "nix-command flakes"])
+            .args(["build", "--no-link", "--json"])
+            .args(drvs.iter().map(StorePath::as_str))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| NixError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(NixError::Failed {
+                command,
+                status: output.status,
+                stderr_tail: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_LINES),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Built {
+            #[serde(rename = "drvPath")]
+            drv_path: String,
+            outputs: std::collections::BTreeMap<String, String>,
+        }
+        let built: Vec<Built> =
+            serde_json::from_slice(&output.stdout).map_err(|source| NixError::BadOutput {
+                command: command.clone(),
+                source,
+            })?;
+        drvs.iter()
+            .map(|drv| {
+                built
+                    .iter()
+                    .find(|b| b.drv_path == drv.as_str())
+                    .and_then(|b| b.outputs.get("out"))
+                    .and_then(|p| StorePath::new(p))
+                    .ok_or_else(|| NixError::Missing {
+                        command: command.clone(),
+                        what: format!("the out path of {drv}"),
+                    })
+            })
+            .collect()
     }
 
     /// Runs `nix eval --json --impure --expr EXPR` and parses stdout.

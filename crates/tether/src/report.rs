@@ -1,0 +1,152 @@
+//! Reporters: turn the deployment logic's typed events into plain,
+//! timestamped progress lines on stderr, or NDJSON on stdout (`--json`), and
+//! print the final summary.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tether_core::deploy::{Event, EventKind, HostReport, Outcome, Reporter};
+
+/// Progress for people: one line per phase change, warning, output line and
+/// outcome, prefixed with the elapsed time and the host. No control
+/// characters, so logs and CI stay readable.
+pub struct HumanReporter {
+    out: Mutex<std::io::Stderr>,
+}
+
+impl HumanReporter {
+    pub fn new() -> HumanReporter {
+        HumanReporter {
+            out: Mutex::new(std::io::stderr()),
+        }
+    }
+}
+
+impl Default for HumanReporter {
+    fn default() -> Self {
+        HumanReporter::new()
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
+impl Reporter for HumanReporter {
+    fn event(&self, event: Event) {
+        let text = match &event.kind {
+            EventKind::Phase { phase } => phase.as_str().to_string(),
+            EventKind::Output { line } => format!("| {}", clean(line)),
+            EventKind::Warning { message } => format!("warning: {}", clean(message)),
+            EventKind::Outcome { outcome } => match outcome.reason() {
+                Some(reason) => format!("{}: {}", outcome.name().to_uppercase(), clean(reason)),
+                None => outcome.name().to_uppercase(),
+            },
+        };
+        let secs = event.elapsed_ms as f64 / 1000.0;
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "[{secs:7.2}s] {:<12} {text}", event.host.as_str());
+        }
+    }
+}
+
+/// One JSON object per line on stdout (docs/events.md).
+pub struct JsonReporter {
+    out: Mutex<std::io::Stdout>,
+}
+
+impl JsonReporter {
+    pub fn new() -> JsonReporter {
+        JsonReporter {
+            out: Mutex::new(std::io::stdout()),
+        }
+    }
+
+    pub fn line<T: Serialize>(&self, value: &T) {
+        if let (Ok(mut out), Ok(text)) = (self.out.lock(), serde_json::to_string(value)) {
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+    }
+}
+
+impl Default for JsonReporter {
+    fn default() -> Self {
+        JsonReporter::new()
+    }
+}
+
+impl Reporter for JsonReporter {
+    fn event(&self, event: Event) {
+        self.line(&event);
+    }
+}
+
+/// The summary event that ends a `--json` stream.
+#[derive(Serialize)]
+pub struct Summary<'a> {
+    pub event: &'static str,
+    #[serde(rename = "deployId")]
+    pub deploy_id: &'a str,
+    #[serde(rename = "exitCode")]
+    pub exit_code: i32,
+    pub hosts: &'a [HostReport],
+}
+
+fn short(path: Option<&str>) -> String {
+    match path {
+        None => "-".into(),
+        Some(p) => {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            // /nix/store/<32 chars hash>-name: keep the hash's start and the name.
+            match name.split_once('-') {
+                Some((hash, rest)) if hash.len() == 32 => format!("{}…-{rest}", &hash[..7]),
+                _ => name.to_string(),
+            }
+        }
+    }
+}
+
+/// The end-of-run table for people.
+pub fn summary_table(reports: &[HostReport]) -> String {
+    let width = reports
+        .iter()
+        .map(|r| r.host.as_str().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut s = format!(
+        "{:<width$}  {:<24} {:>8}  detail\n",
+        "host", "outcome", "time"
+    );
+    for r in reports {
+        let detail = match &r.outcome {
+            Outcome::Confirmed {
+                generation: Some(g),
+                ..
+            } => format!(
+                "{} -> {} (generation {g})",
+                short(r.old_system.as_deref()),
+                short(Some(&r.new_system))
+            ),
+            Outcome::Confirmed { .. } => format!(
+                "{} -> {}",
+                short(r.old_system.as_deref()),
+                short(Some(&r.new_system))
+            ),
+            Outcome::Unchanged => short(Some(&r.new_system)),
+            other => other.reason().unwrap_or("").to_string(),
+        };
+        s.push_str(&format!(
+            "{:<width$}  {:<24} {:>7.1}s  {}\n",
+            r.host.as_str(),
+            r.outcome.name(),
+            r.duration_ms as f64 / 1000.0,
+            clean(&detail)
+        ));
+    }
+    s
+}

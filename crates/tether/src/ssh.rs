@@ -1,0 +1,249 @@
+//! The remote host over the system's OpenSSH and Nix CLIs (so users' own SSH
+//! config and Nix settings apply), implementing `tether_core`'s [`Target`].
+//!
+//! Host keys: every connection checks strictly against a known_hosts file
+//! that tether writes for the run from the inventory's pinned key only
+//! (`HostKeyAlias` makes the lookup independent of address and port), so a
+//! host that is not who the inventory says is refused, never trusted on first
+//! use. tether's own `-o` options come before the inventory's `sshOptions`:
+//! ssh keeps the first value of an option, so they cannot be weakened.
+//!
+//! Connections: `Conn::Shared` goes through a ControlMaster per host for
+//! speed (the closure copy uses it too, via `NIX_SSHOPTS`); `Conn::Fresh`
+//! disables multiplexing, so it proves that a brand-new connection works.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tether_core::deploy::{Conn, RemoteError, ScriptOutput, Target};
+use tether_core::inventory::{Host, StorePath};
+use tether_core::shell::quote;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// One host reached over OpenSSH, with the run's pinned known_hosts file.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    host: Host,
+    known_hosts: PathBuf,
+    control_path: PathBuf,
+    nix_program: OsString,
+    substitute_on_destination: bool,
+}
+
+impl SshTarget {
+    /// Writes the host's pinned key into `run_dir` and returns the target.
+    /// `index` keeps the ControlMaster socket path short (sun_path limit).
+    pub fn new(
+        host: Host,
+        index: usize,
+        run_dir: &Path,
+        nix_program: OsString,
+        substitute_on_destination: bool,
+    ) -> std::io::Result<SshTarget> {
+        let known_hosts = run_dir.join(format!("known_hosts-{index}"));
+        std::fs::write(
+            &known_hosts,
+            format!("{} {}\n", Self::alias(&host), host.host_key.openssh()),
+        )?;
+        Ok(SshTarget {
+            control_path: run_dir.join(format!("cm-{index}")),
+            host,
+            known_hosts,
+            nix_program,
+            substitute_on_destination,
+        })
+    }
+
+    fn alias(host: &Host) -> String {
+        format!("tether-{}", host.name)
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Options for every connection: strict checking against the pinned key.
+    fn options(&self, conn: Conn) -> Vec<String> {
+        let mut o: Vec<String> = Vec::new();
+        let mut opt = |s: String| {
+            o.push("-o".into());
+            o.push(s);
+        };
+        opt("BatchMode=yes".into());
+        opt("StrictHostKeyChecking=yes".into());
+        opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
+        opt("GlobalKnownHostsFile=/dev/null".into());
+        opt(format!("HostKeyAlias={}", Self::alias(&self.host)));
+        opt("CheckHostIP=no".into());
+        opt("UpdateHostKeys=no".into());
+        opt("ConnectTimeout=5".into());
+        // A vanished host must fail the connection in seconds, not minutes.
+        opt("ServerAliveInterval=2".into());
+        opt("ServerAliveCountMax=3".into());
+        match conn {
+            Conn::Shared => {
+                opt("ControlMaster=auto".into());
+                opt(format!("ControlPath={}", self.control_path.display()));
+                opt("ControlPersist=60".into());
+            }
+            Conn::Fresh => {
+                opt("ControlMaster=no".into());
+                opt("ControlPath=none".into());
+            }
+        }
+        o.push("-p".into());
+        o.push(self.host.ssh_port.to_string());
+        o.push("-l".into());
+        o.push(self.host.ssh_user.as_str().to_string());
+        o.extend(self.host.ssh_options.iter().cloned());
+        o
+    }
+
+    /// Closes the shared connection (end of a run).
+    pub async fn close(&self) {
+        let _ = Command::new("ssh")
+            .args(self.options(Conn::Shared))
+            .args(["-O", "exit"])
+            .arg(self.host.address.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await;
+    }
+
+    fn classify(stderr: &str, what: &str) -> RemoteError {
+        let tail = tail(stderr, 4);
+        if stderr.contains("Host key verification failed")
+            || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || stderr.contains("host key is known for")
+        {
+            RemoteError::HostKey(tail)
+        } else if tail.is_empty() {
+            RemoteError::Unreachable(format!("{what} failed without a message"))
+        } else {
+            RemoteError::Unreachable(tail)
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+async fn read_lines<R: AsyncRead + Unpin>(
+    reader: R,
+    on_line: Option<&dyn Fn(&str)>,
+) -> std::io::Result<String> {
+    let mut lines = BufReader::new(reader).lines();
+    let mut all = String::new();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(f) = on_line {
+            f(&line);
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    Ok(all)
+}
+
+impl Target for SshTarget {
+    async fn run(
+        &self,
+        script: &str,
+        conn: Conn,
+        timeout: Duration,
+        on_line: Option<&dyn Fn(&str)>,
+    ) -> Result<ScriptOutput, RemoteError> {
+        let mut child = Command::new("ssh")
+            .args(self.options(conn))
+            .arg(self.host.address.to_string())
+            // The remote login shell runs this; `sh -c` makes the script's
+            // dialect POSIX sh whatever that shell is.
+            .arg(format!("sh -c {}", quote(script)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RemoteError::Other(format!("could not run ssh: {e}")))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let work = async {
+            let out = async {
+                match stdout {
+                    Some(s) => read_lines(s, on_line).await,
+                    None => Ok(String::new()),
+                }
+            };
+            let err = async {
+                match stderr {
+                    Some(s) => read_lines(s, on_line).await,
+                    None => Ok(String::new()),
+                }
+            };
+            let (out, err) = tokio::join!(out, err);
+            let status = child.wait().await;
+            (out, err, status)
+        };
+        let (out, err, status) = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => return Err(RemoteError::Timeout(timeout)),
+        };
+        let stdout = out.unwrap_or_default();
+        let stderr = err.unwrap_or_default();
+        let status = status.map_err(|e| RemoteError::Other(format!("waiting for ssh: {e}")))?;
+        // ssh itself exits 255 when it cannot connect or loses the session.
+        if status.code() == Some(255) {
+            return Err(Self::classify(&stderr, "ssh"));
+        }
+        Ok(ScriptOutput {
+            stdout,
+            stderr,
+            exit_code: status.code(),
+        })
+    }
+
+    async fn copy(&self, path: &StorePath, timeout: Duration) -> Result<(), RemoteError> {
+        let mut cmd = Command::new(&self.nix_program);
+        cmd.args(["--extra-experimental-features", "nix-command flakes"])
+            .args(["copy", "--no-check-sigs"]);
+        if self.substitute_on_destination {
+            cmd.arg("--substitute-on-destination");
+        }
+        let output = cmd
+            .arg("--to")
+            .arg(format!(
+                "ssh-ng://{}@{}",
+                self.host.ssh_user.as_str(),
+                self.host.address
+            ))
+            .arg(path.as_str())
+            .env("NIX_SSHOPTS", self.options(Conn::Shared).join(" "))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(timeout, output).await {
+            Err(_) => Err(RemoteError::Timeout(timeout)),
+            Ok(Err(e)) => Err(RemoteError::Other(format!("could not run nix copy: {e}"))),
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                match Self::classify(&stderr, "nix copy") {
+                    RemoteError::Unreachable(m) => Err(RemoteError::Other(format!(
+                        "nix copy failed ({}): {m}",
+                        out.status
+                    ))),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+}
