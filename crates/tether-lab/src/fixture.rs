@@ -40,8 +40,14 @@ impl Lab {
     /// `nix build` and returns host name → toplevel store path.
     pub fn build_fleet(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
         let mut c = Command::new("nix");
-        c.args(NIX_FEATURES)
-            .args(["build", "--no-link", "--json", "--option", "substituters", ""]);
+        c.args(NIX_FEATURES).args([
+            "build",
+            "--no-link",
+            "--json",
+            "--option",
+            "substituters",
+            "",
+        ]);
         for h in &self.info.hosts {
             c.arg(format!(
                 "path:{}#nixosConfigurations.{}.config.system.build.toplevel",
@@ -52,7 +58,11 @@ impl Lab {
         let out = cmd::run(&mut c).context("building the fixture fleet")?;
         let built: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
         if built.len() != self.info.hosts.len() {
-            bail!("nix build returned {} results for {} hosts", built.len(), self.info.hosts.len());
+            bail!(
+                "nix build returned {} results for {} hosts",
+                built.len(),
+                self.info.hosts.len()
+            );
         }
         let mut map = BTreeMap::new();
         for (h, b) in self.info.hosts.iter().zip(built) {
@@ -77,7 +87,8 @@ impl Lab {
                 .map(|(host, path)| s.spawn(move || self.install_system(host, path)))
                 .collect();
             for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("provisioning thread panicked"))??;
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("provisioning thread panicked"))??;
             }
             Ok::<_, anyhow::Error>(())
         })?;

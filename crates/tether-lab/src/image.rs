@@ -138,7 +138,12 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
             fs::remove_file(entry.path())?;
         }
     }
-    write(root, "etc/ssh/sshd_config.d/tether-lab.conf", SSHD_CONF, 0o644)?;
+    write(
+        root,
+        "etc/ssh/sshd_config.d/tether-lab.conf",
+        SSHD_CONF,
+        0o644,
+    )?;
     write(root, "etc/nix/nix.conf", NIX_CONF, 0o644)?;
     write(root, "usr/lib/tether-lab/boot", BOOT_SH, 0o755)?;
     write(root, "usr/lib/tether-lab/stage2", stage2, 0o755)?;

@@ -126,7 +126,16 @@ fn ensure_client_key() -> Result<PathBuf> {
     if !key.exists() {
         cmd::run(
             Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "tether-lab-deployer", "-f"])
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "tether-lab-deployer",
+                    "-f",
+                ])
                 .arg(&key),
         )
         .context("generating the lab's deployer key")?;
@@ -223,7 +232,8 @@ impl Lab {
             .map_err(|(_, e)| anyhow!("locking the labs directory: {e}"))?;
         if lab_json(&opts.name).exists() || labs_dir().join(&opts.name).exists() {
             if let Ok(old) = Lab::open(&opts.name) {
-                old.down().context("tearing down a leftover lab of the same name")?;
+                old.down()
+                    .context("tearing down a leftover lab of the same name")?;
             } else {
                 fs::remove_dir_all(labs_dir().join(&opts.name))?;
             }
@@ -266,7 +276,12 @@ impl Lab {
         lab.write_info()?;
         drop(lock);
         let result = (|| -> Result<()> {
-            ip(&["route", "replace", "blackhole", &format!("10.231.{slot}.0/24")])?;
+            ip(&[
+                "route",
+                "replace",
+                "blackhole",
+                &format!("10.231.{slot}.0/24"),
+            ])?;
             for host in info.hosts.iter_mut() {
                 host.host_key = prepare_host(&lab.info, host, &client_pub)?;
             }
@@ -365,7 +380,10 @@ impl Lab {
             .arg(format!("--hostname={}", host.name))
             .arg(format!("--directory={image}"))
             .arg(format!("--overlay={image}:{}:/", upper.display()))
-            .arg(format!("--network-namespace-path=/run/netns/{}", host.netns))
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                host.netns
+            ))
             .args(["-b", "systemd.firstboot=off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -386,7 +404,8 @@ impl Lab {
                 .map(|h| s.spawn(move || self.wait_ready(&h.name, timeout)))
                 .collect();
             for h in handles {
-                h.join().map_err(|_| anyhow!("readiness thread panicked"))??;
+                h.join()
+                    .map_err(|_| anyhow!("readiness thread panicked"))??;
             }
             Ok(())
         })
@@ -443,7 +462,8 @@ impl Lab {
     pub fn ssh_command(&self, host: &str) -> Result<Command> {
         let h = self.host(host)?;
         let mut c = Command::new("ssh");
-        c.args(self.ssh_options()).arg(format!("root@{}", h.address));
+        c.args(self.ssh_options())
+            .arg(format!("root@{}", h.address));
         Ok(c)
     }
 
@@ -476,8 +496,8 @@ impl Lab {
         let h = self.host(host)?;
         let nspawn = read_pid(&h.dir.join("nspawn.pid"))
             .ok_or_else(|| anyhow!("{host}: not running (no systemd-nspawn)"))?;
-        let children =
-            fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).unwrap_or_default();
+        let children = fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+            .unwrap_or_default();
         children
             .split_whitespace()
             .next()
@@ -491,9 +511,16 @@ impl Lab {
         let pid = self.init_pid(host)?.to_string();
         cmd::output(
             Command::new("nsenter")
-                .args(["--target", &pid, "--mount", "--uts", "--ipc", "--net", "--pid"])
+                .args([
+                    "--target", &pid, "--mount", "--uts", "--ipc", "--net", "--pid",
+                ])
                 .args(["--root", "--wd", "--"])
-                .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"])
+                .args([
+                    "env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root",
+                ])
                 .args(argv),
         )
     }
@@ -576,7 +603,13 @@ impl Lab {
     pub fn heal(&self, host: &str) -> Result<()> {
         let h = self.host(host)?;
         ip(&["link", "set", &h.link, "up"])?;
-        ip(&["route", "replace", &format!("{}/32", h.address), "dev", &h.link])
+        ip(&[
+            "route",
+            "replace",
+            &format!("{}/32", h.address),
+            "dev",
+            &h.link,
+        ])
     }
 
     /// Copies a store path into the host's own store and makes it the host's
@@ -599,7 +632,12 @@ impl Lab {
         let h = self.host(host)?;
         cmd::run(
             Command::new("nix")
-                .args(["--extra-experimental-features", "nix-command flakes", "copy", "--no-check-sigs"])
+                .args([
+                    "--extra-experimental-features",
+                    "nix-command flakes",
+                    "copy",
+                    "--no-check-sigs",
+                ])
                 .arg("--to")
                 .arg(format!("ssh-ng://root@{}", h.address))
                 .arg(path)
@@ -756,7 +794,11 @@ fn prepare_host(info: &LabInfo, h: &LabHost, client_pub: &str) -> Result<String>
         .take(2)
         .collect::<Vec<_>>()
         .join(" ");
-    write_file(&upper.join("etc/machine-id"), &format!("{}\n", h.machine_id), 0o444)?;
+    write_file(
+        &upper.join("etc/machine-id"),
+        &format!("{}\n", h.machine_id),
+        0o444,
+    )?;
     write_file(&upper.join("etc/hostname"), &format!("{}\n", h.name), 0o644)?;
     write_file(
         &upper.join("etc/hosts"),
@@ -778,11 +820,26 @@ fn prepare_host(info: &LabInfo, h: &LabHost, client_pub: &str) -> Result<String>
     let _ = cmd::output(Command::new("ip").args(["link", "delete", &h.link]));
     ip(&["netns", "add", &h.netns])?;
     ip(&[
-        "link", "add", &h.link, "type", "veth", "peer", "name", &h.interface, "netns", &h.netns,
+        "link",
+        "add",
+        &h.link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &h.interface,
+        "netns",
+        &h.netns,
     ])?;
     ip(&["addr", "add", &format!("{}/32", h.gateway), "dev", &h.link])?;
     ip(&["link", "set", &h.link, "up"])?;
-    ip(&["route", "replace", &format!("{}/32", h.address), "dev", &h.link])?;
+    ip(&[
+        "route",
+        "replace",
+        &format!("{}/32", h.address),
+        "dev",
+        &h.link,
+    ])?;
     let _ = info;
     Ok(host_key)
 }

@@ -114,7 +114,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let json = serde_json::to_string_pretty(&lab.info)?;
             if let Some(path) = json_out {
-                std::fs::write(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, &json)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{json}");
         }
@@ -152,7 +153,8 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Fleet { out, hosts_nix } => {
             let hosts = match hosts_nix {
-                Some(p) => std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?,
                 None => "{ }\n".to_string(),
             };
             Lab::open(name)?.write_fixture_fleet(&out, &hosts)?;

@@ -46,6 +46,9 @@ pub fn ensure() -> Result<Vec<&'static str>> {
     )
     .context("installing the lab's Debian packages")?;
     let still = missing_packages()?;
-    anyhow::ensure!(still.is_empty(), "packages still missing after install: {still:?}");
+    anyhow::ensure!(
+        still.is_empty(),
+        "packages still missing after install: {still:?}"
+    );
     Ok(missing)
 }
