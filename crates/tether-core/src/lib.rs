@@ -3,6 +3,7 @@
 //! Everything here is pure data and decisions; the `tether` crate supplies the
 //! systems (OpenSSH, the Nix CLI, the clock) through narrow traits.
 
+pub mod checks;
 pub mod deploy;
 pub mod inventory;
 pub mod remote;

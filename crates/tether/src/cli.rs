@@ -41,6 +41,7 @@ pub struct GlobalArgs {
 pub enum Command {
     Hosts(commands::hosts::Args),
     Deploy(commands::deploy::Args),
+    Check(commands::check::Args),
 }
 
 /// The checked form of [`GlobalArgs`].
@@ -81,5 +82,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
         Command::Deploy(args) => commands::deploy::run(&ctx, args).await,
+        Command::Check(args) => commands::check::run(&ctx, args).await,
     }
 }

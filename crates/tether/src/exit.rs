@@ -35,6 +35,9 @@ pub enum CommandError {
     /// Some hosts failed, refused, or were rolled back; already reported.
     #[error("{0} host(s) failed or were rolled back")]
     HostsFailed(usize),
+    /// `tether check`: some hosts failed a health check; already reported.
+    #[error("{0} host(s) failed a health check")]
+    ChecksFailed(usize),
     /// Some hosts ended in an unknown state; already reported.
     #[error("{0} host(s) ended in an unknown state")]
     HostsUnknown(usize),
@@ -50,9 +53,10 @@ impl CommandError {
             | CommandError::Inventory(_)
             | CommandError::Selector(_)
             | CommandError::Toplevels(_) => USAGE,
-            CommandError::HostsFailed(_) | CommandError::Output(_) | CommandError::Build(_) => {
-                HOST_FAILED
-            }
+            CommandError::HostsFailed(_)
+            | CommandError::ChecksFailed(_)
+            | CommandError::Output(_)
+            | CommandError::Build(_) => HOST_FAILED,
             CommandError::HostsUnknown(_) => HOST_UNKNOWN,
         }
     }

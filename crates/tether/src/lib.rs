@@ -10,5 +10,6 @@ pub mod clock;
 pub mod commands;
 pub mod exit;
 pub mod nix;
+pub mod probe;
 pub mod report;
 pub mod ssh;

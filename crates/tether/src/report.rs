@@ -41,6 +41,17 @@ impl Reporter for HumanReporter {
             EventKind::Phase { phase } => phase.as_str().to_string(),
             EventKind::Output { line } => format!("| {}", clean(line)),
             EventKind::Warning { message } => format!("warning: {}", clean(message)),
+            EventKind::Check {
+                check,
+                attempt,
+                passed,
+                detail,
+                ..
+            } => format!(
+                "check {check} #{attempt} {}: {}",
+                if *passed { "passed" } else { "failed" },
+                clean(detail)
+            ),
             EventKind::Outcome { outcome } => match outcome.reason() {
                 Some(reason) => format!("{}: {}", outcome.name().to_uppercase(), clean(reason)),
                 None => outcome.name().to_uppercase(),

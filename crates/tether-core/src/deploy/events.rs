@@ -13,6 +13,8 @@ pub enum Phase {
     Copying,
     Arming,
     Activating,
+    /// Health checks run (docs/checks.md).
+    Checking,
     Confirming,
     Persisting,
     RollingBack,
@@ -25,6 +27,7 @@ impl Phase {
             Phase::Copying => "copying",
             Phase::Arming => "arming",
             Phase::Activating => "activating",
+            Phase::Checking => "checking",
             Phase::Confirming => "confirming",
             Phase::Persisting => "persisting",
             Phase::RollingBack => "rolling-back",
@@ -39,6 +42,17 @@ pub enum EventKind {
     Phase { phase: Phase },
     /// A line of output from the target (activation, dry-activate).
     Output { line: String },
+    /// One attempt of one health check ended.
+    Check {
+        check: String,
+        /// `http`, `tcp`, `command`, `units`, or `system` for the built-in
+        /// `failedUnits` and `systemRunning`.
+        #[serde(rename = "type")]
+        kind: String,
+        attempt: u32,
+        passed: bool,
+        detail: String,
+    },
     /// Something worth knowing that does not end the deploy.
     Warning { message: String },
     /// The host's final outcome.

@@ -5,6 +5,7 @@
 use super::host::{run_host, HostJob};
 use super::outcome::HostReport;
 use super::ports::{Clock, Reporter, Target};
+use crate::checks::Probe;
 use futures::stream::{self, StreamExt};
 
 #[derive(Debug, Clone, Copy)]
@@ -14,22 +15,22 @@ pub struct FleetOptions {
 }
 
 /// Deploys every job and returns the reports in the jobs' order.
-pub async fn run_fleet<T: Target, C: Clock, R: Reporter + ?Sized>(
+pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     jobs: Vec<(HostJob, T)>,
+    probe: &P,
     options: FleetOptions,
     clock: &C,
     reporter: &R,
 ) -> Vec<HostReport> {
     let run_started = clock.now();
     let order: Vec<_> = jobs.iter().map(|(job, _)| job.host.clone()).collect();
-    let mut reports: Vec<HostReport> =
-        stream::iter(jobs)
-            .map(|(job, target)| async move {
-                run_host(&job, &target, clock, reporter, run_started).await
-            })
-            .buffer_unordered(options.parallel.max(1))
-            .collect()
-            .await;
+    let mut reports: Vec<HostReport> = stream::iter(jobs)
+        .map(|(job, target)| async move {
+            run_host(&job, &target, probe, clock, reporter, run_started).await
+        })
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await;
     reports.sort_by_key(|r| order.iter().position(|h| h == &r.host));
     reports
 }

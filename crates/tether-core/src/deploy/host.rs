@@ -11,6 +11,7 @@
 use super::events::{Event, EventKind, Phase};
 use super::outcome::{HostReport, Outcome};
 use super::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
+use crate::checks::{self, Baseline, CheckAttempt, CheckTarget, HostChecks, Probe};
 use crate::inventory::{HostName, StorePath};
 use crate::remote::{
     self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, Token,
@@ -64,11 +65,16 @@ pub struct HostJob {
     pub timeouts: Timeouts,
     pub deploy_id: DeployId,
     pub token: Token,
+    /// Who the health checks are about (address, SSH user).
+    pub check_target: CheckTarget,
+    /// Run after activation, before the confirmation.
+    pub checks: HostChecks,
 }
 
-struct Run<'a, T, C, R: ?Sized> {
+struct Run<'a, T, P, C, R: ?Sized> {
     job: &'a HostJob,
     target: &'a T,
+    probe: &'a P,
     clock: &'a C,
     reporter: &'a R,
     run_started: Duration,
@@ -90,9 +96,10 @@ enum TrialEnd {
 }
 
 /// Deploys one host and reports its outcome.
-pub async fn run_host<T: Target, C: Clock, R: Reporter + ?Sized>(
+pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     job: &HostJob,
     target: &T,
+    probe: &P,
     clock: &C,
     reporter: &R,
     run_started: Duration,
@@ -101,6 +108,7 @@ pub async fn run_host<T: Target, C: Clock, R: Reporter + ?Sized>(
     let run = Run {
         job,
         target,
+        probe,
         clock,
         reporter,
         run_started,
@@ -134,7 +142,7 @@ fn exit_text(code: Option<i32>) -> String {
     }
 }
 
-impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
+impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
     fn emit(&self, kind: EventKind) {
         self.reporter.event(Event {
             host: self.job.host.clone(),
@@ -377,7 +385,7 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
         }
 
         let trouble = RefCell::new(None);
-        let trial = std::pin::pin!(self.trial(&spec, &trouble));
+        let trial = std::pin::pin!(self.trial(&spec, facts, &trouble));
         let keeper = std::pin::pin!(self.keep_lease(&spec));
         let end = match select(trial, keeper).await {
             Either::Left((end, _)) => end,
@@ -408,7 +416,12 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
     /// Activation, then confirmation over fresh connections.
     /// `trouble` records the latest problem, for the report when the lease
     /// keeper ends the trial first.
-    async fn trial(&self, spec: &GuardSpec, trouble: &RefCell<Option<String>>) -> TrialEnd {
+    async fn trial(
+        &self,
+        spec: &GuardSpec,
+        facts: &Facts,
+        trouble: &RefCell<Option<String>>,
+    ) -> TrialEnd {
         let job = self.job;
         let to = &job.timeouts;
         self.phase(Phase::Activating);
@@ -450,6 +463,43 @@ impl<T: Target, C: Clock, R: Reporter + ?Sized> Run<'_, T, C, R> {
                 // tells whether it reached the new system.
                 self.warn(format!("lost the activation's SSH session: {e}"));
                 trouble.replace(Some("the SSH session was lost during activation".into()));
+            }
+        }
+
+        // Health checks before the confirmation: only a host that passes
+        // them is confirmed. The lease keeper renews the lease meanwhile.
+        if !job.checks.is_empty() {
+            self.phase(Phase::Checking);
+            let on_attempt = |a: CheckAttempt| {
+                self.emit(EventKind::Check {
+                    check: a.check,
+                    kind: a.kind.to_string(),
+                    attempt: a.attempt,
+                    passed: a.passed,
+                    detail: a.detail,
+                })
+            };
+            let failures = checks::run_checks(
+                &job.check_target,
+                &job.checks,
+                &Baseline::Before(facts.failed_units.clone()),
+                self.target,
+                self.probe,
+                self.clock,
+                &on_attempt,
+            )
+            .await;
+            if !failures.is_empty() {
+                let all: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                return TrialEnd::Abandon {
+                    reason: format!(
+                        "health check{} failed within {}s: {}",
+                        if all.len() == 1 { "" } else { "s" },
+                        job.checks.timeout.as_secs(),
+                        all.join("; ")
+                    ),
+                    ask: true,
+                };
             }
         }
 

@@ -4,6 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::checks::{
+    Check, CheckKind, CheckTarget, CommandOutput, FailedUnits, HostChecks, HttpCheck, HttpRequest,
+    HttpResponse, Probe,
+};
 use crate::inventory::StorePath;
 use crate::remote::{DeployId, Goal, Token};
 use std::cell::{Cell, RefCell};
@@ -27,6 +31,8 @@ struct Fake {
     renew: Result<String, RemoteError>,
     inspect: RefCell<VecDeque<Result<String, RemoteError>>>,
     persist: String,
+    /// What the system-state script (failedUnits, systemRunning) prints.
+    system: String,
     calls: RefCell<Vec<(String, Conn)>>,
     scripts: RefCell<Vec<String>>,
 }
@@ -49,6 +55,7 @@ impl Fake {
             renew: Ok("state=armed\n".into()),
             inspect: RefCell::new(VecDeque::new()),
             persist: "profile=ok\nboot_rc=0\ngeneration=2\n".into(),
+            system: "system_state=running\nsystem=done\n".into(),
             calls: RefCell::new(Vec::new()),
             scripts: RefCell::new(Vec::new()),
         }
@@ -100,6 +107,8 @@ impl Target for Fake {
             "persist"
         } else if script.contains("finished") {
             "finish"
+        } else if script.contains("system=done") {
+            "system"
         } else {
             "other"
         };
@@ -130,6 +139,7 @@ impl Target for Fake {
                 .and_then(|s| ok(&s)),
             "renew" => self.renew.clone().and_then(|s| ok(&s)),
             "persist" => ok(&self.persist),
+            "system" => ok(&self.system),
             _ => ok(""),
         };
         async move {
@@ -183,15 +193,226 @@ fn job(goal: Goal) -> HostJob {
         timeouts: Timeouts::default(),
         deploy_id: DeployId::new("20261121T000000", "abcdef").unwrap(),
         token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
+        check_target: CheckTarget {
+            name: "web1".parse().unwrap(),
+            address: "10.231.1.11".parse().unwrap(),
+            ssh_user: "root".parse().unwrap(),
+        },
+        checks: HostChecks::none(),
     }
 }
 
 fn deploy(fake: &Fake, goal: Goal) -> (HostReport, Vec<Event>) {
+    deploy_checked(fake, goal, HostChecks::none(), &FakeProbe::default())
+}
+
+fn deploy_checked(
+    fake: &Fake,
+    goal: Goal,
+    checks: HostChecks,
+    probe: &FakeProbe,
+) -> (HostReport, Vec<Event>) {
     let clock = VirtualClock::default();
     let rec = Recorder::default();
+    let job = HostJob {
+        checks,
+        ..job(goal)
+    };
     let report =
-        futures::executor::block_on(run_host(&job(goal), fake, &clock, &rec, Duration::ZERO));
+        futures::executor::block_on(run_host(&job, fake, probe, &clock, &rec, Duration::ZERO));
     (report, rec.0.into_inner())
+}
+
+/// Deployer-side probes answering HTTP from a script of statuses (the last
+/// one repeats).
+#[derive(Default)]
+struct FakeProbe {
+    statuses: RefCell<VecDeque<u16>>,
+    requests: RefCell<Vec<HttpRequest>>,
+}
+
+impl FakeProbe {
+    fn answering(statuses: &[u16]) -> FakeProbe {
+        FakeProbe {
+            statuses: RefCell::new(statuses.iter().copied().collect()),
+            ..FakeProbe::default()
+        }
+    }
+}
+
+impl Probe for FakeProbe {
+    fn http(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, String>> {
+        self.requests.borrow_mut().push(request.clone());
+        let mut statuses = self.statuses.borrow_mut();
+        let status = if statuses.len() > 1 {
+            statuses.pop_front()
+        } else {
+            statuses.front().copied()
+        };
+        let result = status
+            .map(|status| HttpResponse {
+                status,
+                body: format!("status {status}"),
+            })
+            .ok_or_else(|| "connection refused".to_string());
+        async move { result }
+    }
+    async fn tcp(
+        &self,
+        _address: &crate::inventory::Address,
+        _port: u16,
+        _timeout: Duration,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    async fn command(
+        &self,
+        _command: &str,
+        _env: &[(String, String)],
+        _timeout: Duration,
+    ) -> Result<CommandOutput, String> {
+        Ok(CommandOutput::default())
+    }
+}
+
+fn http_checks(failed_units: FailedUnits) -> HostChecks {
+    HostChecks {
+        checks: vec![Check {
+            name: "web".into(),
+            kind: CheckKind::Http(HttpCheck {
+                port: Some(8080),
+                ..HttpCheck::default()
+            }),
+            timeout: Duration::from_secs(5),
+        }],
+        failed_units,
+        system_running: true,
+        timeout: Duration::from_secs(15),
+        interval: Duration::from_secs(1),
+    }
+}
+
+fn rolled_back_inspection() -> RefCell<VecDeque<Result<String, RemoteError>>> {
+    RefCell::new(
+        vec![Ok(format!(
+            "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=asked\ninspect=done\n"
+        ))]
+        .into(),
+    )
+}
+
+fn phases_of(events: &[Event]) -> Vec<Phase> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Phase { phase } => Some(*phase),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failing_http_check_rolls_back_at_the_deadline_naming_check_and_status() {
+    let fake = Fake {
+        inspect: rolled_back_inspection(),
+        ..Fake::healthy()
+    };
+    let probe = FakeProbe::answering(&[500]);
+    let (report, events) =
+        deploy_checked(&fake, Goal::Switch, http_checks(FailedUnits::New), &probe);
+    match &report.outcome {
+        Outcome::RolledBack { reason } => {
+            assert!(reason.contains("\"web\""), "{reason}");
+            assert!(reason.contains("status 500"), "{reason}");
+        }
+        other => panic!("expected rolled back, got {other:?}"),
+    }
+    assert!(fake.called("ask-rollback"));
+    assert!(!fake.called("confirm") && !fake.called("persist"));
+    assert_eq!(
+        probe.requests.borrow()[0].url,
+        "http://10.231.1.11:8080/",
+        "the default URL is the host's address"
+    );
+    // Retried every second for the 15 s deadline, each attempt an event.
+    let attempts = events
+        .iter()
+        .filter(
+            |e| matches!(&e.kind, EventKind::Check { check, passed: false, .. } if check == "web"),
+        )
+        .count();
+    assert!((15..=17).contains(&attempts), "{attempts} attempts");
+    assert!(phases_of(&events).contains(&Phase::Checking));
+}
+
+#[test]
+fn checks_that_pass_after_a_while_lead_to_the_confirmation() {
+    let fake = Fake::healthy();
+    let probe = FakeProbe::answering(&[503, 503, 503, 200]);
+    let (report, events) =
+        deploy_checked(&fake, Goal::Switch, http_checks(FailedUnits::New), &probe);
+    assert!(
+        matches!(report.outcome, Outcome::Confirmed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(
+        phases_of(&events),
+        vec![
+            Phase::Preflight,
+            Phase::Copying,
+            Phase::Arming,
+            Phase::Activating,
+            Phase::Checking,
+            Phase::Confirming,
+            Phase::Persisting
+        ]
+    );
+    let calls: Vec<String> = fake.calls.borrow().iter().map(|(c, _)| c.clone()).collect();
+    let last_system = calls.iter().rposition(|c| c == "system").unwrap();
+    let confirm = calls.iter().position(|c| c == "confirm").unwrap();
+    assert!(last_system < confirm, "checks run before the confirmation");
+    assert_eq!(probe.requests.borrow().len(), 4);
+}
+
+#[test]
+fn a_unit_failed_before_the_switch_passes_new_but_not_any() {
+    let with_failed = |mode| {
+        let fake = Fake {
+            preflight: Ok(preflight(OLD, OLD) + "failed_unit=legacy.service\n"),
+            system: "system_state=degraded\nfailed_unit=legacy.service\nsystem=done\n".into(),
+            inspect: rolled_back_inspection(),
+            ..Fake::healthy()
+        };
+        let probe = FakeProbe::answering(&[200]);
+        deploy_checked(&fake, Goal::Switch, http_checks(mode), &probe).0
+    };
+    let new = with_failed(FailedUnits::New);
+    assert!(matches!(new.outcome, Outcome::Confirmed { .. }), "{new:?}");
+    let any = with_failed(FailedUnits::Any);
+    match &any.outcome {
+        Outcome::RolledBack { reason } => {
+            assert!(reason.contains("failedUnits"), "{reason}");
+            assert!(reason.contains("legacy.service"), "{reason}");
+        }
+        other => panic!("expected rolled back, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_unit_that_failed_with_the_switch_is_new_and_rolls_back() {
+    let fake = Fake {
+        system: "system_state=degraded\nfailed_unit=app.service\nsystem=done\n".into(),
+        inspect: rolled_back_inspection(),
+        ..Fake::healthy()
+    };
+    let probe = FakeProbe::answering(&[200]);
+    let (report, _) = deploy_checked(&fake, Goal::Switch, http_checks(FailedUnits::New), &probe);
+    assert!(
+        matches!(&report.outcome, Outcome::RolledBack { reason } if reason.contains("app.service") && reason.contains("not failed before")),
+        "{:?}",
+        report.outcome
+    );
 }
 
 #[test]

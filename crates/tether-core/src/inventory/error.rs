@@ -69,6 +69,31 @@ pub enum Problem {
     InvalidSshOption(String),
     #[error("{secs} seconds is out of range ({min}..{max})")]
     DurationOutOfRange { secs: u64, min: u64, max: u64 },
+    #[error("unknown check type {found:?} (expected one of: http, tcp, command, units){}", suggestion_suffix(.suggestion))]
+    UnknownCheckType {
+        found: String,
+        suggestion: Option<String>,
+    },
+    #[error("{value:?} is not one of: {expected}")]
+    InvalidChoice {
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{value:?} is not a valid URL: {reason}")]
+    InvalidUrl { value: String, reason: String },
+    #[error("{value:?} is not a valid regular expression: {reason}")]
+    InvalidRegex { value: String, reason: String },
+    #[error("{0} is not an HTTP status code (100..599)")]
+    InvalidStatus(String),
+    #[error("{0:?} is not valid here: {1}")]
+    InvalidValue(String, &'static str),
+    #[error("must not be empty")]
+    Empty,
+    #[error("not allowed in a {kind} check (it takes: {fields})")]
+    FieldOfOtherType {
+        kind: &'static str,
+        fields: &'static str,
+    },
     #[error("{address} port {port} is also used by host {other:?}")]
     DuplicateAddress {
         address: String,

@@ -33,6 +33,8 @@ pub(crate) fn describe(value: &Value) -> String {
 
 pub(crate) struct Fields<'e> {
     location: Location,
+    /// Prepended to field names in errors (`checks.web.`) for nested sets.
+    prefix: String,
     map: Map<String, Value>,
     known: &'static [&'static str],
     errors: &'e mut InventoryErrors,
@@ -51,6 +53,7 @@ impl<'e> Fields<'e> {
         match value {
             Value::Object(map) if !map.contains_key("$nix") => Some(Fields {
                 location,
+                prefix: String::new(),
                 map,
                 known,
                 errors,
@@ -69,14 +72,35 @@ impl<'e> Fields<'e> {
         }
     }
 
+    /// Starts reading the attribute set `value` found in field `field` of
+    /// this one; its problems are reported as `field.inner`.
+    pub(crate) fn nested(
+        &mut self,
+        field: &str,
+        value: Value,
+        known: &'static [&'static str],
+    ) -> Option<Fields<'_>> {
+        let full = format!("{}{field}", self.prefix);
+        let mut inner = Fields::new(
+            self.location.clone(),
+            Some(&full),
+            value,
+            known,
+            &mut *self.errors,
+        )?;
+        inner.prefix = format!("{full}.");
+        Some(inner)
+    }
+
     /// Whether the field is present and not `null`.
     pub(crate) fn has(&self, name: &str) -> bool {
         self.map.get(name).is_some_and(|v| !v.is_null())
     }
 
     pub(crate) fn error(&mut self, field: &str, problem: Problem) {
+        let field = format!("{}{field}", self.prefix);
         self.errors
-            .push(self.location.clone(), Some(field), problem);
+            .push(self.location.clone(), Some(&field), problem);
     }
 
     /// Takes a field out; `null` counts as absent, so `machineId = null;`
@@ -210,7 +234,33 @@ impl<'e> Fields<'e> {
         Some(timeouts)
     }
 
-    fn wrong_type(&mut self, field: &str, expected: &'static str, found: &Value) {
+    pub(crate) fn bool(&mut self, name: &str) -> Option<bool> {
+        match self.take(name)? {
+            Value::Bool(b) => Some(b),
+            other => {
+                self.wrong_type(name, "a boolean", &other);
+                None
+            }
+        }
+    }
+
+    /// Whole seconds within `min..=max`.
+    pub(crate) fn seconds(&mut self, name: &str, min: u64, max: u64) -> Option<u64> {
+        let value = self.take(name)?;
+        match value.as_u64() {
+            Some(secs) if (min..=max).contains(&secs) => Some(secs),
+            Some(secs) => {
+                self.error(name, Problem::DurationOutOfRange { secs, min, max });
+                None
+            }
+            None => {
+                self.wrong_type(name, "a whole number of seconds", &value);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn wrong_type(&mut self, field: &str, expected: &'static str, found: &Value) {
         self.error(
             field,
             Problem::WrongType {
@@ -226,7 +276,7 @@ impl<'e> Fields<'e> {
             let suggestion = suggest(name, self.known.iter().copied());
             self.errors.push(
                 self.location.clone(),
-                Some(name),
+                Some(&format!("{}{name}", self.prefix)),
                 Problem::UnknownField { suggestion },
             );
         }

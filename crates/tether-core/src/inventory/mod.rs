@@ -6,6 +6,7 @@
 //! [`Inventory::from_eval`] validates it into typed [`Host`]s or returns every
 //! problem found. See docs/inventory.md for the user-facing format.
 
+mod checks;
 mod error;
 mod fields;
 mod host_key;
@@ -18,6 +19,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::checks::HostChecks;
 
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use host_key::{HostKey, HostKeyError, KeyType};
@@ -69,6 +72,8 @@ pub struct Host {
     /// Extra `ssh` arguments: the host's own, then the defaults'.
     pub ssh_options: Vec<String>,
     pub timeouts: TimeoutSettings,
+    /// Health checks, defaults merged in (docs/checks.md).
+    pub checks: HostChecks,
 }
 
 impl Host {
@@ -97,6 +102,11 @@ const HOST_FIELDS: &[&str] = &[
     "tags",
     "sshOptions",
     "timeouts",
+    "checks",
+    "failedUnits",
+    "systemRunning",
+    "checkTimeout",
+    "checkInterval",
 ];
 
 impl Inventory {
@@ -217,6 +227,7 @@ fn read_host(
     let configuration = read_configuration(&mut fields, raw_name, configurations);
     let settings = Settings::merge(defaults, Settings::read(&mut fields));
     fields.finish();
+    let checks = settings.host_checks();
     Some(Host {
         name: name?,
         address: address?,
@@ -226,6 +237,7 @@ fn read_host(
         machine_id,
         tags: settings.tags,
         configuration: configuration?,
+        checks,
         ssh_options: settings.ssh_options,
         timeouts: settings.timeouts,
     })

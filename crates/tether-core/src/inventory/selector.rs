@@ -179,6 +179,7 @@ mod tests {
             configuration: Configuration::Named(name.to_owned()),
             ssh_options: Vec::new(),
             timeouts: Default::default(),
+            checks: Default::default(),
         }
     }
 

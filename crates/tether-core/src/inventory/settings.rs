@@ -11,8 +11,12 @@
 //! [`Settings::read`] and [`Settings::merge`], and its name in
 //! [`Settings::FIELDS`]; both `defaults` and hosts then accept it.
 
+use std::time::Duration;
+
+use super::checks::{read_checks, CheckMap};
 use super::fields::Fields;
 use super::types::{SshUser, Tag};
+use crate::checks::{FailedUnits, HostChecks};
 
 /// Per-host time limits in seconds (`timeouts = { lease = 15; … }`); unset
 /// keys take tether's defaults (docs/deploy.md).
@@ -66,12 +70,63 @@ pub struct Settings {
     /// Extra arguments for `ssh` (and Nix's SSH), e.g. `["-i" "/path/key"]`.
     pub ssh_options: Vec<String>,
     pub timeouts: TimeoutSettings,
+    /// Health checks by name; `None` removes a default's check of that name.
+    pub checks: CheckMap,
+    pub failed_units: Option<FailedUnits>,
+    pub system_running: Option<bool>,
+    /// `checkTimeout`, seconds.
+    pub check_timeout: Option<u64>,
+    /// `checkInterval`, seconds.
+    pub check_interval: Option<u64>,
 }
 
 impl Settings {
     /// The field names shared by `defaults` and hosts.
-    pub const FIELDS: &'static [&'static str] =
-        &["sshUser", "sshPort", "tags", "sshOptions", "timeouts"];
+    pub const FIELDS: &'static [&'static str] = &[
+        "sshUser",
+        "sshPort",
+        "tags",
+        "sshOptions",
+        "timeouts",
+        "checks",
+        "failedUnits",
+        "systemRunning",
+        "checkTimeout",
+        "checkInterval",
+    ];
+
+    /// The health checks these (merged) settings describe.
+    pub fn host_checks(&self) -> HostChecks {
+        let d = HostChecks::default();
+        HostChecks {
+            checks: self.checks.values().flatten().cloned().collect(),
+            failed_units: self.failed_units.unwrap_or(d.failed_units),
+            system_running: self.system_running.unwrap_or(d.system_running),
+            timeout: self
+                .check_timeout
+                .map(Duration::from_secs)
+                .unwrap_or(d.timeout),
+            interval: self
+                .check_interval
+                .map(Duration::from_secs)
+                .unwrap_or(d.interval),
+        }
+    }
+
+    fn read_failed_units(fields: &mut Fields<'_>) -> Option<FailedUnits> {
+        let s = fields.string("failedUnits")?;
+        let parsed = FailedUnits::parse(&s);
+        if parsed.is_none() {
+            fields.error(
+                "failedUnits",
+                super::Problem::InvalidChoice {
+                    value: s,
+                    expected: "\"new\", \"any\", \"ignore\"",
+                },
+            );
+        }
+        parsed
+    }
 
     pub(crate) fn read(fields: &mut Fields<'_>) -> Settings {
         Settings {
@@ -80,6 +135,11 @@ impl Settings {
             tags: fields.tags("tags").unwrap_or_default(),
             ssh_options: fields.ssh_options("sshOptions").unwrap_or_default(),
             timeouts: fields.timeouts("timeouts").unwrap_or_default(),
+            checks: read_checks(fields, "checks").unwrap_or_default(),
+            failed_units: Self::read_failed_units(fields),
+            system_running: fields.bool("systemRunning"),
+            check_timeout: fields.seconds("checkTimeout", 1, 3_600),
+            check_interval: fields.seconds("checkInterval", 1, 300),
         }
     }
 
@@ -104,6 +164,16 @@ impl Settings {
                 .cloned()
                 .collect(),
             timeouts: TimeoutSettings::merge(&defaults.timeouts, host.timeouts),
+            // A host's check replaces the default's of the same name.
+            checks: {
+                let mut checks = defaults.checks.clone();
+                checks.extend(host.checks);
+                checks
+            },
+            failed_units: host.failed_units.or(defaults.failed_units),
+            system_running: host.system_running.or(defaults.system_running),
+            check_timeout: host.check_timeout.or(defaults.check_timeout),
+            check_interval: host.check_interval.or(defaults.check_interval),
         }
     }
 }

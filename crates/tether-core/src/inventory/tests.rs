@@ -362,3 +362,140 @@ fn timeouts_merge_per_key_and_bad_keys_are_named() {
         "{all}"
     );
 }
+
+// Health checks (docs/checks.md).
+
+fn check_error(check: Value) -> String {
+    single_error(with(web1(), "checks", json!({ "web": check })))
+}
+
+#[test]
+fn checks_merge_by_name_and_take_documented_defaults() {
+    use crate::checks::{CheckKind, FailedUnits};
+    let tether = json!({
+        "defaults": {
+            "checks": {
+                "web": {"type": "http"},
+                "ssh": {"type": "tcp", "port": 22},
+                "gone": {"type": "units", "units": ["a.service"]},
+            },
+            "failedUnits": "any",
+        },
+        "hosts": {"web1": with(web1(), "checks", json!({
+            "web": {"type": "http", "port": 8080, "path": "/health", "status": [200, 204],
+                    "headers": {"Host": "example.org"}, "timeout": 2},
+            "gone": null,
+            "db": {"type": "command", "on": "target", "command": "pg_isready"},
+        }))},
+    });
+    let inv = Inventory::from_eval(doc(tether)).expect("valid");
+    let checks = &inv.get("web1").expect("web1").checks;
+    let names: Vec<&str> = checks.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["db", "ssh", "web"]);
+    let CheckKind::Http(web) = &checks.checks[2].kind else {
+        panic!("web is http")
+    };
+    assert_eq!(
+        web.port,
+        Some(8080),
+        "the host's web replaced the default's"
+    );
+    assert_eq!(web.status, [200, 204]);
+    assert_eq!(
+        web.headers,
+        [("Host".to_string(), "example.org".to_string())]
+    );
+    assert_eq!(checks.checks[2].timeout.as_secs(), 2);
+    assert_eq!(
+        checks.checks[1].timeout.as_secs(),
+        5,
+        "default attempt timeout"
+    );
+    assert_eq!(checks.failed_units, FailedUnits::Any);
+    assert!(checks.system_running);
+    assert_eq!(checks.timeout.as_secs(), 30);
+    assert_eq!(checks.interval.as_secs(), 1);
+}
+
+#[test]
+fn an_unknown_check_type_is_named_with_a_suggestion() {
+    assert_eq!(
+        check_error(json!({"type": "htp"})),
+        "host \"web1\": field \"checks.web.type\": unknown check type \"htp\" (expected one of: http, tcp, command, units) (did you mean \"http\"?)"
+    );
+    assert_eq!(
+        check_error(json!({"port": 80})),
+        "host \"web1\": field \"checks.web.type\": required field is missing"
+    );
+}
+
+#[test]
+fn a_malformed_url_is_rejected() {
+    assert!(check_error(json!({"type": "http", "url": "http//x"}))
+        .starts_with("host \"web1\": field \"checks.web.url\": \"http//x\" is not a valid URL"));
+    assert!(check_error(json!({"type": "http", "url": "ftp://x/"}))
+        .contains("the scheme must be http or https"));
+    assert!(
+        check_error(json!({"type": "http", "url": "http://x/", "port": 80}))
+            .contains("field \"checks.web.port\"")
+    );
+}
+
+#[test]
+fn check_ports_out_of_range_are_rejected() {
+    assert_eq!(
+        check_error(json!({"type": "tcp", "port": 70000})),
+        "host \"web1\": field \"checks.web.port\": 70000 is out of range (1..65535)"
+    );
+    assert_eq!(
+        check_error(json!({"type": "tcp"})),
+        "host \"web1\": field \"checks.web.port\": required field is missing"
+    );
+}
+
+#[test]
+fn a_regex_that_does_not_compile_is_rejected() {
+    assert!(check_error(json!({"type": "http", "bodyRegex": "(open"}))
+        .starts_with("host \"web1\": field \"checks.web.bodyRegex\": \"(open\" is not a valid regular expression"));
+}
+
+#[test]
+fn unknown_and_other_types_fields_in_a_check_are_rejected() {
+    assert_eq!(
+        check_error(json!({"type": "tcp", "port": 22, "bodyy": "x"})),
+        "host \"web1\": field \"checks.web.bodyy\": unknown field"
+    );
+    assert_eq!(
+        check_error(json!({"type": "http", "bdy": "x"})),
+        "host \"web1\": field \"checks.web.bdy\": unknown field (did you mean \"body\"?)"
+    );
+}
+
+#[test]
+fn command_and_units_checks_need_their_fields() {
+    assert_eq!(
+        check_error(json!({"type": "command", "on": "laptop", "command": "true"})),
+        "host \"web1\": field \"checks.web.on\": \"laptop\" is not one of: \"deployer\", \"target\""
+    );
+    assert!(check_error(json!({"type": "command", "on": "target"}))
+        .contains("field \"checks.web.command\": required field is missing"));
+    assert_eq!(
+        check_error(json!({"type": "units", "units": []})),
+        "host \"web1\": field \"checks.web.units\": must not be empty"
+    );
+    assert!(check_error(json!({"type": "http", "status": 42}))
+        .contains("field \"checks.web.status\": the number 42 is not an HTTP status code"));
+}
+
+#[test]
+fn system_check_settings_are_validated() {
+    assert_eq!(
+        single_error(with(web1(), "failedUnits", json!("some"))),
+        "host \"web1\": field \"failedUnits\": \"some\" is not one of: \"new\", \"any\", \"ignore\""
+    );
+    assert!(
+        single_error(with(web1(), "systemRunning", json!("yes"))).contains("expected a boolean")
+    );
+    assert!(single_error(with(web1(), "checkTimeout", json!(0)))
+        .contains("0 seconds is out of range (1..3600)"));
+}

@@ -8,6 +8,8 @@
 //! trial it describes is), the deploy lock is the directory `/run/tether/lock`,
 //! and an append-only journal is kept in `/var/lib/tether/journal`.
 
+pub mod status;
+
 use crate::inventory::StorePath;
 use crate::shell::quote;
 use std::collections::BTreeMap;
@@ -167,7 +169,7 @@ pub fn parse_fields(stdout: &str) -> Fields {
     map
 }
 
-fn first<'a>(f: &'a Fields, key: &str) -> Option<&'a str> {
+pub(crate) fn first<'a>(f: &'a Fields, key: &str) -> Option<&'a str> {
     f.get(key)
         .and_then(|v| v.first())
         .map(String::as_str)
@@ -187,6 +189,10 @@ echo "profile=$(readlink -f {profile} 2>/dev/null)"
 echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
 for t in systemd-run systemctl flock nix-env nix-store readlink; do
     command -v "$t" >/dev/null 2>&1 || echo "missing=$t"
+done
+# The baseline for the failedUnits = "new" health check.
+systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
+    echo "failed_unit=$unit"
 done
 if [ -d {lock} ]; then
     unit=$(cat {lock}/unit 2>/dev/null)
@@ -216,6 +222,8 @@ pub struct Facts {
     pub missing_tools: Vec<String>,
     /// Another deploy holding the host's deploy lock with a live guard.
     pub busy_with: Option<String>,
+    /// Units failed before the switch (the `failedUnits = "new"` baseline).
+    pub failed_units: Vec<String>,
 }
 
 impl Facts {
@@ -249,6 +257,7 @@ pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
         boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
         missing_tools: f.get("missing").cloned().unwrap_or_default(),
         busy_with: first(&f, "busy").map(str::to_string),
+        failed_units: f.get("failed_unit").cloned().unwrap_or_default(),
     })
 }
 
@@ -642,3 +651,72 @@ pub fn journal_script(
 
 #[cfg(test)]
 mod tests;
+
+/// A `command` health check on the target: the user's command, run by `sh -c`
+/// so its exit status and stderr are its own.
+pub fn check_command_script(command: &str) -> String {
+    format!("exec sh -c {}\n", quote(command))
+}
+
+/// Prints `unit_state=<unit> <state>` for each unit (`systemctl is-active`).
+pub fn units_script(units: &[String]) -> String {
+    let list: Vec<String> = units.iter().map(|u| quote(u)).collect();
+    format!(
+        r#"for u in {list}; do
+    printf 'unit_state=%s %s\n' "$u" "$(systemctl is-active -- "$u" 2>/dev/null)"
+done
+"#,
+        list = list.join(" ")
+    )
+}
+
+/// `(unit, state)` pairs from [`units_script`]'s output.
+pub fn parse_units(stdout: &str) -> Vec<(String, String)> {
+    parse_fields(stdout)
+        .get("unit_state")
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| match l.rsplit_once(' ') {
+                    Some((u, s)) => (u.to_string(), s.to_string()),
+                    None => (l.to_string(), String::new()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Prints `systemctl is-system-running` and the failed units, for the
+/// `systemRunning` and `failedUnits` health checks.
+pub fn system_state_script() -> String {
+    r#"echo "system_state=$(systemctl is-system-running 2>/dev/null)"
+systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
+    echo "failed_unit=$unit"
+done
+echo "system=done"
+"#
+    .to_string()
+}
+
+/// What [`system_state_script`] saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SystemState {
+    /// `running`, `degraded`, `starting`, …
+    pub state: String,
+    pub failed_units: Vec<String>,
+}
+
+pub fn parse_system_state(stdout: &str) -> Result<SystemState, ParseError> {
+    let f = parse_fields(stdout);
+    if first(&f, "system") != Some("done") {
+        return Err(ParseError("the system state script did not finish".into()));
+    }
+    Ok(SystemState {
+        state: f
+            .get("system_state")
+            .and_then(|v| v.first())
+            .cloned()
+            .unwrap_or_default(),
+        failed_units: f.get("failed_unit").cloned().unwrap_or_default(),
+    })
+}

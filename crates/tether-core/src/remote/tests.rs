@@ -59,6 +59,9 @@ fn every_script_is_valid_sh_even_with_quotes_in_values() {
             "a\tb\nc",
         ),
         GUARD_SCRIPT.to_string(),
+        check_command_script("curl -fs 'http://localhost/' | grep \"it's ok\""),
+        units_script(&["nginx.service".into(), "it's.service".into()]),
+        system_state_script(),
     ] {
         assert_parses_as_sh(&script);
     }
@@ -140,4 +143,38 @@ fn deploy_ids_and_tokens_are_validated() {
     assert!(DeployId::new("20261121T084900", "ab; rm").is_none());
     assert!(Token::new("short").is_none());
     assert_eq!(format!("{:?}", spec().token), "Token(…)");
+}
+
+#[test]
+fn preflight_records_the_units_failed_before_the_switch() {
+    let out = "machine_id=m\nhostname=h\narch=x86_64\ncurrent=/nix/store/x\nboot_id=b\nfailed_unit=a.service\nfailed_unit=b.mount\npreflight=done\n";
+    let f = parse_preflight(out).unwrap();
+    assert_eq!(f.failed_units, ["a.service", "b.mount"]);
+    assert!(preflight_script().contains("--state=failed"));
+}
+
+#[test]
+fn unit_states_and_system_state_are_parsed() {
+    let units =
+        parse_units("banner\nunit_state=nginx.service active\nunit_state=db.service inactive\n");
+    assert_eq!(
+        units,
+        [
+            ("nginx.service".to_string(), "active".to_string()),
+            ("db.service".to_string(), "inactive".to_string())
+        ]
+    );
+    let state =
+        parse_system_state("system_state=degraded\nfailed_unit=x.service\nsystem=done\n").unwrap();
+    assert_eq!(state.state, "degraded");
+    assert_eq!(state.failed_units, ["x.service"]);
+    assert!(parse_system_state("system_state=running\n").is_err());
+}
+
+#[test]
+fn a_target_command_check_keeps_its_own_exit_status_and_stderr() {
+    let script = check_command_script("echo oops >&2; exit 3");
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tether_core::checks::CheckTarget;
 use tether_core::deploy::{run_fleet, FleetOptions, HostJob, Reporter, Timeouts};
 use tether_core::inventory::{Host, StorePath, TimeoutSettings};
 use tether_core::remote::{DeployId, Goal, Token};
@@ -12,12 +13,14 @@ use tether_core::remote::{DeployId, Goal, Token};
 use crate::cli::Context;
 use crate::clock::TokioClock;
 use crate::exit::CommandError;
+use crate::probe::LocalProbe;
 use crate::report::{summary_table, HumanReporter, JsonReporter, Summary};
 use crate::ssh::SshTarget;
 
 /// Deploy the selected hosts with the safe switch: identity check, copy,
 /// guard armed, activation on trial, confirmation over a fresh SSH
-/// connection, then persist. A host that cannot be confirmed rolls itself back.
+/// connection, then persist. A host that fails its health checks
+/// (docs/checks.md) or cannot be confirmed rolls itself back.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// switch: safe switch, then persist as profile and boot default;
@@ -157,6 +160,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let clock = TokioClock::new();
     let reports = run_fleet(
         jobs,
+        &LocalProbe,
         FleetOptions {
             parallel: usize::from(args.parallel),
         },
@@ -204,7 +208,18 @@ fn job(
         timeouts: timeouts(args, &host.timeouts),
         deploy_id: deploy_id.clone(),
         token,
+        check_target: check_target(host),
+        checks: host.checks.clone(),
     })
+}
+
+/// Who a host's health checks are about.
+pub fn check_target(host: &Host) -> CheckTarget {
+    CheckTarget {
+        name: host.name.clone(),
+        address: host.address.clone(),
+        ssh_user: host.ssh_user.clone(),
+    }
 }
 
 fn target(

@@ -1,5 +1,6 @@
 //! One module per subcommand; each has an `Args` struct (its doc comment is
 //! the help text) and `run(&Context, Args)`.
 
+pub mod check;
 pub mod deploy;
 pub mod hosts;

@@ -1,0 +1,596 @@
+//! Health checks: the model the inventory validates into, and the logic that
+//! decides whether a host is healthy (docs/checks.md).
+//!
+//! Every check of a host runs concurrently; each is retried every interval
+//! until it passes once or the host's deadline passes. Deployer-side probes
+//! (HTTP, TCP, local commands) go through the narrow [`Probe`] trait, which
+//! only does I/O: what counts as a pass (status, body, regex) is decided
+//! here. Target-side checks are scripts from [`crate::remote`] run through
+//! [`Target`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::deploy::ports::{Clock, Conn, Target};
+use crate::inventory::{Address, HostName, SshUser};
+use crate::remote;
+
+/// What `failedUnits` accepts after a switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailedUnits {
+    /// Fail when a unit is failed that was not failed before the switch.
+    #[default]
+    New,
+    /// Fail when any unit is failed.
+    Any,
+    /// Do not look at failed units.
+    Ignore,
+}
+
+impl FailedUnits {
+    pub const NAMES: &'static [&'static str] = &["new", "any", "ignore"];
+
+    pub fn parse(s: &str) -> Option<FailedUnits> {
+        match s {
+            "new" => Some(FailedUnits::New),
+            "any" => Some(FailedUnits::Any),
+            "ignore" => Some(FailedUnits::Ignore),
+            _ => None,
+        }
+    }
+}
+
+/// Where a `command` check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOn {
+    /// On the machine running tether, with the host in the environment.
+    Deployer,
+    /// On the host, over SSH.
+    Target,
+}
+
+/// An HTTP check, sent from the deployer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpCheck {
+    /// An explicit URL; otherwise `http://<address>[:port]<path>`.
+    pub url: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    /// Accepted status codes; empty means any 2xx.
+    pub status: Vec<u16>,
+    /// A substring the body must contain.
+    pub body: Option<String>,
+    /// A regular expression the body must match (validated at load time).
+    pub body_regex: Option<String>,
+    /// Request headers in the inventory's order; `Host` sets the virtual host.
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<String>,
+    pub insecure: bool,
+}
+
+impl HttpCheck {
+    /// The URL to request from a host at `address`.
+    pub fn url_for(&self, address: &Address) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let path = self.path.as_deref().unwrap_or("/");
+        format!("http://{}{port}{path}", address.for_url())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpCheck {
+    pub port: u16,
+    /// Another address to connect to than the host's own.
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandCheck {
+    pub on: CommandOn,
+    /// Run with `sh -c`.
+    pub command: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Http(HttpCheck),
+    Tcp(TcpCheck),
+    Command(CommandCheck),
+    /// systemd units that must be active on the target.
+    Units(Vec<String>),
+}
+
+impl CheckKind {
+    pub const TYPES: &'static [&'static str] = &["http", "tcp", "command", "units"];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Http(_) => "http",
+            CheckKind::Tcp(_) => "tcp",
+            CheckKind::Command(_) => "command",
+            CheckKind::Units(_) => "units",
+        }
+    }
+}
+
+/// One declared check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+}
+
+/// Per-attempt timeout when a check sets none.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `checkTimeout` when the inventory sets none.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// `checkInterval` when the inventory sets none.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The names under which the built-in system checks are reported.
+pub const FAILED_UNITS: &str = "failedUnits";
+pub const SYSTEM_RUNNING: &str = "systemRunning";
+
+/// Everything a host's checks need, defaults merged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostChecks {
+    /// In name order.
+    pub checks: Vec<Check>,
+    pub failed_units: FailedUnits,
+    pub system_running: bool,
+    /// The deadline for all checks, from their start.
+    pub timeout: Duration,
+    pub interval: Duration,
+}
+
+impl Default for HostChecks {
+    fn default() -> Self {
+        HostChecks {
+            checks: Vec::new(),
+            failed_units: FailedUnits::New,
+            system_running: true,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            interval: DEFAULT_CHECK_INTERVAL,
+        }
+    }
+}
+
+impl HostChecks {
+    /// No checks at all (the built-in ones switched off too).
+    pub fn none() -> HostChecks {
+        HostChecks {
+            failed_units: FailedUnits::Ignore,
+            system_running: false,
+            ..HostChecks::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty() && self.failed_units == FailedUnits::Ignore && !self.system_running
+    }
+}
+
+/// The host the checks are about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTarget {
+    pub name: HostName,
+    pub address: Address,
+    pub ssh_user: SshUser,
+}
+
+/// One HTTP request a [`Probe`] sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<String>,
+    pub insecure: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The body (a probe may cut it short; checks only need the start).
+    pub body: String,
+}
+
+/// How a local command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandOutput {
+    /// `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Deployer-side I/O for checks. Errors are one-line descriptions (connection
+/// refused, timed out) that end up in the check's detail.
+pub trait Probe {
+    fn http(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, String>>;
+    fn tcp(
+        &self,
+        address: &Address,
+        port: u16,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>>;
+    /// Runs `sh -c command` locally with `env` added to the environment.
+    fn command(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<CommandOutput, String>>;
+}
+
+/// The result of one attempt of one check (an event with `--json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckAttempt {
+    pub check: String,
+    pub kind: &'static str,
+    pub attempt: u32,
+    pub passed: bool,
+    /// What was seen: the failure, or a short note on success.
+    pub detail: String,
+}
+
+/// A check that had not passed when the deadline came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailure {
+    pub check: String,
+    pub kind: &'static str,
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub detail: String,
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "check {:?} ({}), {} attempt{}: {}",
+            self.check,
+            self.kind,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.detail
+        )
+    }
+}
+
+/// What `failedUnits = new` compares against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// The units failed before the switch (from the preflight).
+    Before(Vec<String>),
+    /// No deploy, so no "before": `new` is treated as `any`.
+    None,
+}
+
+/// One check to run: a declared one or a built-in system check.
+#[derive(Debug, Clone)]
+enum Job<'a> {
+    Declared(&'a Check),
+    FailedUnits,
+    SystemRunning,
+}
+
+impl Job<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Job::Declared(c) => &c.name,
+            Job::FailedUnits => FAILED_UNITS,
+            Job::SystemRunning => SYSTEM_RUNNING,
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            Job::Declared(c) => c.kind.type_name(),
+            Job::FailedUnits | Job::SystemRunning => "system",
+        }
+    }
+    fn timeout(&self) -> Duration {
+        match self {
+            Job::Declared(c) => c.timeout,
+            _ => DEFAULT_ATTEMPT_TIMEOUT,
+        }
+    }
+}
+
+/// Runs all of a host's checks concurrently until each has passed or the
+/// deadline (`checks.timeout` from now) has passed. Returns the checks that
+/// never passed, in name order; empty means healthy. `on_attempt` sees every
+/// attempt as it ends.
+pub async fn run_checks<T: Target, P: Probe, C: Clock>(
+    host: &CheckTarget,
+    checks: &HostChecks,
+    baseline: &Baseline,
+    target: &T,
+    probe: &P,
+    clock: &C,
+    on_attempt: &dyn Fn(CheckAttempt),
+) -> Vec<CheckFailure> {
+    let deadline = clock.now() + checks.timeout;
+    let mut jobs: Vec<Job<'_>> = checks.checks.iter().map(Job::Declared).collect();
+    if checks.failed_units != FailedUnits::Ignore {
+        jobs.push(Job::FailedUnits);
+    }
+    if checks.system_running {
+        jobs.push(Job::SystemRunning);
+    }
+    let runs = jobs.iter().map(|job| async move {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            // An attempt never runs far past the deadline, but always gets a
+            // second to answer; with no deadline at all (`tether check
+            // --timeout 0`), the single attempt gets its own timeout.
+            let left = deadline.saturating_sub(clock.now());
+            let timeout = if checks.timeout.is_zero() {
+                job.timeout()
+            } else {
+                job.timeout().min(left.max(Duration::from_secs(1)))
+            };
+            let result = attempt_once(job, host, checks, baseline, target, probe, timeout).await;
+            let passed = result.is_ok();
+            let detail = match result {
+                Ok(note) | Err(note) => note,
+            };
+            on_attempt(CheckAttempt {
+                check: job.name().to_string(),
+                kind: job.kind(),
+                attempt,
+                passed,
+                detail: detail.clone(),
+            });
+            if passed {
+                return None;
+            }
+            let now = clock.now();
+            if now >= deadline {
+                return Some(CheckFailure {
+                    check: job.name().to_string(),
+                    kind: job.kind(),
+                    attempts: attempt,
+                    detail,
+                });
+            }
+            clock.sleep(checks.interval.min(deadline - now)).await;
+        }
+    });
+    let mut failures: Vec<CheckFailure> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    failures.sort_by(|a, b| a.check.cmp(&b.check));
+    failures
+}
+
+/// One attempt: `Ok(note)` when it passed, `Err(what went wrong)` otherwise.
+async fn attempt_once<T: Target, P: Probe>(
+    job: &Job<'_>,
+    host: &CheckTarget,
+    checks: &HostChecks,
+    baseline: &Baseline,
+    target: &T,
+    probe: &P,
+    timeout: Duration,
+) -> Result<String, String> {
+    match job {
+        Job::Declared(check) => match &check.kind {
+            CheckKind::Http(http) => {
+                let request = HttpRequest {
+                    url: http.url_for(&host.address),
+                    headers: http.headers.clone(),
+                    ca_file: http.ca_file.clone(),
+                    insecure: http.insecure,
+                    timeout,
+                };
+                let response = probe
+                    .http(&request)
+                    .await
+                    .map_err(|e| format!("GET {}: {e}", request.url))?;
+                judge_http(http, &request.url, &response)
+            }
+            CheckKind::Tcp(tcp) => {
+                let address = tcp.address.as_ref().unwrap_or(&host.address);
+                probe
+                    .tcp(address, tcp.port, timeout)
+                    .await
+                    .map(|()| format!("{}:{} accepts connections", address.for_url(), tcp.port))
+                    .map_err(|e| format!("connecting to {}:{}: {e}", address.for_url(), tcp.port))
+            }
+            CheckKind::Command(cmd) => match cmd.on {
+                CommandOn::Deployer => {
+                    let env = vec![
+                        ("TETHER_HOST".to_string(), host.name.to_string()),
+                        ("TETHER_ADDRESS".to_string(), host.address.to_string()),
+                        ("TETHER_SSH_USER".to_string(), host.ssh_user.to_string()),
+                    ];
+                    let out = probe.command(&cmd.command, &env, timeout).await?;
+                    judge_exit(out.exit_code, &out.stderr, "on the deployer")
+                }
+                CommandOn::Target => {
+                    let out = target
+                        .run(
+                            &remote::check_command_script(&cmd.command),
+                            Conn::Shared,
+                            timeout,
+                            None,
+                        )
+                        .await
+                        .map_err(|e| format!("on the target: {e}"))?;
+                    judge_exit(out.exit_code, &out.stderr, "on the target")
+                }
+            },
+            CheckKind::Units(units) => {
+                let out = target
+                    .run(&remote::units_script(units), Conn::Shared, timeout, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let states = remote::parse_units(&out.stdout);
+                let bad: Vec<String> = units
+                    .iter()
+                    .map(|u| {
+                        let state = states
+                            .iter()
+                            .find(|(n, _)| n == u)
+                            .map(|(_, s)| s.as_str())
+                            .unwrap_or("unknown");
+                        (u, state)
+                    })
+                    .filter(|(_, s)| *s != "active")
+                    .map(|(u, s)| format!("{u} ({s})"))
+                    .collect();
+                if bad.is_empty() {
+                    Ok(format!("active: {}", units.join(", ")))
+                } else {
+                    Err(format!("not active: {}", bad.join(", ")))
+                }
+            }
+        },
+        Job::FailedUnits | Job::SystemRunning => {
+            let out = target
+                .run(&remote::system_state_script(), Conn::Shared, timeout, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = remote::parse_system_state(&out.stdout).map_err(|e| e.to_string())?;
+            if matches!(job, Job::FailedUnits) {
+                judge_failed_units(checks.failed_units, baseline, &state.failed_units)
+            } else {
+                judge_system_running(checks.failed_units, &state.state)
+            }
+        }
+    }
+}
+
+/// At most `max` characters of `s`, on one line, for a reason or event.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = one_line.trim();
+    if trimmed.chars().count() <= max {
+        trimmed.to_string()
+    } else {
+        let cut: String = trimmed.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+fn tail_lines(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    excerpt(&all[all.len().saturating_sub(lines)..].join(" | "), 300)
+}
+
+fn judge_http(check: &HttpCheck, url: &str, response: &HttpResponse) -> Result<String, String> {
+    let status_ok = if check.status.is_empty() {
+        (200..300).contains(&response.status)
+    } else {
+        check.status.contains(&response.status)
+    };
+    let body = || format!("body {:?}", excerpt(&response.body, 120));
+    if !status_ok {
+        let expected = if check.status.is_empty() {
+            "2xx".to_string()
+        } else {
+            check
+                .status
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        return Err(format!(
+            "GET {url} answered status {} (expected {expected}); {}",
+            response.status,
+            body()
+        ));
+    }
+    if let Some(needle) = &check.body {
+        if !response.body.contains(needle.as_str()) {
+            return Err(format!(
+                "GET {url} answered {} but the body does not contain {needle:?}; {}",
+                response.status,
+                body()
+            ));
+        }
+    }
+    if let Some(pattern) = &check.body_regex {
+        let matched = regex::Regex::new(pattern)
+            .map_err(|e| format!("bodyRegex does not compile: {e}"))?
+            .is_match(&response.body);
+        if !matched {
+            return Err(format!(
+                "GET {url} answered {} but the body does not match /{pattern}/; {}",
+                response.status,
+                body()
+            ));
+        }
+    }
+    Ok(format!("GET {url} answered {}", response.status))
+}
+
+fn judge_exit(code: Option<i32>, stderr: &str, where_: &str) -> Result<String, String> {
+    match code {
+        Some(0) => Ok(format!("exited 0 {where_}")),
+        Some(c) => Err(format!(
+            "exited {c} {where_}; stderr: {:?}",
+            tail_lines(stderr, 3)
+        )),
+        None => Err(format!(
+            "was killed by a signal {where_}; stderr: {:?}",
+            tail_lines(stderr, 3)
+        )),
+    }
+}
+
+fn judge_failed_units(
+    mode: FailedUnits,
+    baseline: &Baseline,
+    failed: &[String],
+) -> Result<String, String> {
+    let (bad, note): (Vec<&String>, &str) = match (mode, baseline) {
+        (FailedUnits::Ignore, _) => (Vec::new(), ""),
+        (FailedUnits::New, Baseline::Before(before)) => (
+            failed.iter().filter(|u| !before.contains(u)).collect(),
+            " that were not failed before the switch",
+        ),
+        (FailedUnits::New, Baseline::None) | (FailedUnits::Any, _) => (failed.iter().collect(), ""),
+    };
+    if bad.is_empty() {
+        let already = failed.len();
+        Ok(if already == 0 {
+            "no failed units".to_string()
+        } else {
+            format!("no new failed units ({already} failed before the switch)")
+        })
+    } else {
+        let names: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
+        Err(format!("failed units{note}: {}", names.join(", ")))
+    }
+}
+
+fn judge_system_running(mode: FailedUnits, state: &str) -> Result<String, String> {
+    match state {
+        "running" => Ok("running".to_string()),
+        // A failed unit makes systemd say "degraded"; whether that matters
+        // is failedUnits' call.
+        "degraded" if mode != FailedUnits::Any => Ok("degraded (failed units allowed)".into()),
+        "degraded" => Err("degraded: some unit has failed (failedUnits = \"any\")".into()),
+        "initializing" | "starting" => Err(format!("still {state}")),
+        "" => Err("systemctl is-system-running printed nothing".into()),
+        other => Err(format!("{other} (expected running)")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! What `tether status` asks a host, in one round trip, and the parsing of
+//! its answer: systems, generations, whether a reboot is needed, failed
+//! units, guards, and the tail of the target's own deploy journal.
+
+use super::{first, parse_fields, ParseError, JOURNAL, LOCK_DIR, RUN_DIR, SYSTEM_PROFILE};
+use crate::shell::quote;
+use serde::Serialize;
+
+/// Lines of the target's journal `status` reads.
+pub const JOURNAL_TAIL: usize = 200;
+
+/// Read-only: prints everything `status` shows about a host.
+pub fn status_script() -> String {
+    format!(
+        r#"set -u
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
+echo "profile=$(readlink -f {profile} 2>/dev/null)"
+echo "profile_link=$(readlink {profile} 2>/dev/null)"
+# As NixOS decides whether a reboot is needed: the booted system's kernel,
+# initrd and kernel modules against the current system's.
+echo "booted_kernel=$(readlink -f /run/booted-system/kernel 2>/dev/null)"
+echo "current_kernel=$(readlink -f /run/current-system/kernel 2>/dev/null)"
+echo "booted_initrd=$(readlink -f /run/booted-system/initrd 2>/dev/null)"
+echo "current_initrd=$(readlink -f /run/current-system/initrd 2>/dev/null)"
+echo "booted_modules=$(readlink -f /run/booted-system/kernel-modules 2>/dev/null)"
+echo "current_modules=$(readlink -f /run/current-system/kernel-modules 2>/dev/null)"
+for l in {profile}-*-link; do
+    [ -e "$l" ] || continue
+    printf 'generation=%s %s\n' "$(basename "$l")" "$(readlink -f "$l")"
+done
+echo "system_state=$(systemctl is-system-running 2>/dev/null)"
+systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
+    echo "failed_unit=$unit"
+done
+for d in {run}/deploys/*/; do
+    [ -d "$d" ] || continue
+    id=$(basename "$d")
+    printf 'guard=%s %s %s\n' "$id" "$(cat "$d/state" 2>/dev/null || echo missing)" "$(systemctl is-active "tether-guard-$id" 2>/dev/null)"
+done
+if [ -d {lock} ]; then
+    unit=$(cat {lock}/unit 2>/dev/null)
+    printf 'lock=%s %s\n' "$(cat {lock}/deploy 2>/dev/null)" "$(systemctl is-active "$unit" 2>/dev/null)"
+fi
+tail -n {tail} {journal} 2>/dev/null | while IFS= read -r line; do
+    printf 'journal=%s\n' "$line"
+done
+echo "status=done"
+"#,
+        profile = quote(SYSTEM_PROFILE),
+        run = quote(RUN_DIR),
+        lock = quote(LOCK_DIR),
+        journal = quote(JOURNAL),
+        tail = JOURNAL_TAIL,
+    )
+}
+
+/// One line of the target's journal: `time deploy event old new source detail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalLine {
+    pub time: String,
+    pub deploy_id: String,
+    pub event: String,
+    pub old_system: String,
+    pub new_system: String,
+    /// `guard` or `deployer`.
+    pub source: String,
+    pub detail: String,
+}
+
+impl JournalLine {
+    pub fn parse(line: &str) -> Option<JournalLine> {
+        let mut parts = line.splitn(7, '\t');
+        let mut next = || parts.next().map(str::to_string);
+        Some(JournalLine {
+            time: next()?,
+            deploy_id: next()?,
+            event: next()?,
+            old_system: next()?,
+            new_system: next()?,
+            source: next()?,
+            detail: next().unwrap_or_default(),
+        })
+    }
+
+    /// Whether this line ends a deploy (no later line of it is expected).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.event.as_str(),
+            "confirmed" | "rolled-back" | "rollback-failed" | "confirmed-unfinished"
+        )
+    }
+}
+
+/// A deploy state directory on the target and its guard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardInfo {
+    pub deploy_id: String,
+    pub state: String,
+    /// Whether its guard unit is running.
+    pub active: bool,
+}
+
+impl GuardInfo {
+    /// A trial in progress: its guard runs and has not finished.
+    pub fn is_armed(&self) -> bool {
+        self.active
+    }
+    /// A trial whose guard is gone without reaching an end state: its
+    /// deployer and guard were both stopped (e.g. killed) mid-trial.
+    pub fn is_leftover(&self) -> bool {
+        !self.active
+            && !matches!(
+                self.state.as_str(),
+                "finished" | "rolled-back" | "rollback-failed"
+            )
+    }
+}
+
+/// A profile generation on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Generation {
+    pub number: u32,
+    pub system: String,
+}
+
+/// Everything [`status_script`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub machine_id: String,
+    pub hostname: String,
+    pub boot_id: String,
+    pub current_system: Option<String>,
+    pub booted_system: Option<String>,
+    /// The system profile's target: what the host boots by default.
+    pub profile_system: Option<String>,
+    pub profile_generation: Option<u32>,
+    /// The generation whose system is the current one, if any.
+    pub current_generation: Option<u32>,
+    pub generations: Vec<Generation>,
+    /// Booted kernel, initrd or kernel modules differ from the current system's.
+    pub reboot_needed: bool,
+    pub system_state: String,
+    pub failed_units: Vec<String>,
+    pub guards: Vec<GuardInfo>,
+    /// The deploy lock: holder and whether its guard is alive.
+    pub lock: Option<(String, bool)>,
+    pub journal: Vec<JournalLine>,
+}
+
+fn generation_number(link: &str) -> Option<u32> {
+    link.strip_prefix("system-")?.strip_suffix("-link")?.parse().ok()
+}
+
+pub fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
+    let f = parse_fields(stdout);
+    if first(&f, "status") != Some("done") {
+        return Err(ParseError("the status script did not finish".into()));
+    }
+    let s = |k: &str| first(&f, k).map(str::to_string);
+    let all = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let mut generations: Vec<Generation> = all("generation")
+        .iter()
+        .filter_map(|l| {
+            let (link, system) = l.split_once(' ')?;
+            Some(Generation {
+                number: generation_number(link)?,
+                system: system.to_string(),
+            })
+        })
+        .collect();
+    generations.sort_by_key(|g| g.number);
+    let current_system = s("current");
+    let profile_generation = s("profile_link").as_deref().and_then(generation_number);
+    // Prefer the profile's own generation when it is the current system.
+    let current_generation = current_system.as_ref().and_then(|c| {
+        match profile_generation {
+            Some(p) if generations.iter().any(|g| g.number == p && &g.system == c) => Some(p),
+            _ => generations
+                .iter()
+                .rev()
+                .find(|g| &g.system == c)
+                .map(|g| g.number),
+        }
+    });
+    let differs = |a: &str, b: &str| match (s(a), s(b)) {
+        (Some(x), Some(y)) => x != y,
+        _ => false,
+    };
+    let reboot_needed = differs("booted_kernel", "current_kernel")
+        || differs("booted_initrd", "current_initrd")
+        || differs("booted_modules", "current_modules");
+    let guards = all("guard")
+        .iter()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            Some(GuardInfo {
+                deploy_id: p.next()?.to_string(),
+                state: p.next().unwrap_or("missing").to_string(),
+                active: p.next() == Some("active"),
+            })
+        })
+        .collect();
+    let lock = s("lock").and_then(|l| {
+        let (id, state) = l.split_once(' ')?;
+        Some((id.to_string(), state == "active"))
+    });
+    Ok(HostStatus {
+        machine_id: s("machine_id").unwrap_or_default(),
+        hostname: s("hostname").unwrap_or_default(),
+        boot_id: s("boot_id").unwrap_or_default(),
+        current_system,
+        booted_system: s("booted"),
+        profile_system: s("profile"),
+        profile_generation,
+        current_generation,
+        generations,
+        reboot_needed,
+        system_state: s("system_state").unwrap_or_default(),
+        failed_units: all("failed_unit"),
+        guards,
+        lock,
+        journal: all("journal")
+            .iter()
+            .filter_map(|l| JournalLine::parse(l))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "machine_id=m\nhostname=h1\nboot_id=b\n\
+current=/nix/store/b-sys\nbooted=/nix/store/a-sys\nprofile=/nix/store/b-sys\nprofile_link=system-3-link\n\
+booted_kernel=/nix/store/k1\ncurrent_kernel=/nix/store/k2\nbooted_initrd=/nix/store/i\ncurrent_initrd=/nix/store/i\n\
+generation=system-1-link /nix/store/base\ngeneration=system-3-link /nix/store/b-sys\ngeneration=system-2-link /nix/store/a-sys\n\
+system_state=degraded\nfailed_unit=broken.service\n\
+guard=20260101T000000-aa armed inactive\nguard=20260101T000001-bb finished inactive\n\
+lock=20260101T000000-aa inactive\n\
+journal=2026-01-01T00:00:00Z\t20260101T000000-aa\tarmed\t/nix/store/a-sys\t/nix/store/b-sys\tguard\tlease 15s\n\
+status=done\n";
+
+    #[test]
+    fn status_reports_generations_reboot_need_failed_units_and_guards() {
+        let s = parse_status(SAMPLE).unwrap();
+        assert_eq!(s.current_generation, Some(3));
+        assert_eq!(s.profile_generation, Some(3));
+        assert_eq!(
+            s.generations.iter().map(|g| g.number).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert!(s.reboot_needed, "kernels differ");
+        assert_eq!(s.failed_units, ["broken.service"]);
+        assert!(s.guards[0].is_leftover() && !s.guards[0].is_armed());
+        assert!(!s.guards[1].is_leftover());
+        assert_eq!(s.lock, Some(("20260101T000000-aa".into(), false)));
+        assert_eq!(s.journal[0].event, "armed");
+        assert_eq!(s.journal[0].detail, "lease 15s");
+    }
+
+    #[test]
+    fn same_kernel_and_initrd_need_no_reboot() {
+        let s = parse_status(&SAMPLE.replace("/nix/store/k2", "/nix/store/k1")).unwrap();
+        assert!(!s.reboot_needed);
+    }
+
+    #[test]
+    fn a_truncated_answer_is_an_error() {
+        assert!(parse_status("current=/x\n").is_err());
+    }
+
+    #[test]
+    fn the_status_script_is_valid_sh() {
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &status_script()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
