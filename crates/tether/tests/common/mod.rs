@@ -1,0 +1,297 @@
+//! Test kit for tether's lab scenarios: a lab of real hosts with the fixture
+//! fleet's base systems installed, and the real `tether` binary run against
+//! it. Host state is read through the lab's console (nsenter), never through
+//! the network under test.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tether_lab::{Lab, UpOptions};
+
+pub struct Fleet {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// The result of one `tether deploy --json` run.
+pub struct Run {
+    pub code: i32,
+    pub events: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn outcome(&self, host: &str) -> String {
+        self.host(host)["outcome"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    }
+    pub fn reason(&self, host: &str) -> String {
+        self.host(host)["reason"].as_str().unwrap_or("").to_string()
+    }
+    pub fn host(&self, host: &str) -> &Value {
+        self.summary["hosts"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["host"] == host))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {host} in summary: {}\nstderr: {}",
+                    self.summary, self.stderr
+                )
+            })
+    }
+    pub fn phases(&self, host: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["host"] == host && e["event"] == "phase")
+            .map(|e| e["phase"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+pub fn tether_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tether")
+}
+
+impl Fleet {
+    /// Boots `hosts` lab hosts named `name` and installs their base systems.
+    pub fn up(name: &str, hosts: usize) -> Fleet {
+        let lab = Lab::up(&UpOptions {
+            name: name.into(),
+            hosts,
+        })
+        .unwrap_or_else(|e| panic!("lab {name} did not come up: {e:#}"))
+        .tear_down_on_drop();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fleet");
+        lab.provision(&dir)
+            .unwrap_or_else(|e| panic!("provisioning lab {name}: {e:#}"));
+        Fleet {
+            lab,
+            dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// Replaces the fleet's per-host overrides (`hosts.nix`).
+    pub fn set_hosts(&self, nix: &str) {
+        std::fs::write(self.dir.join("hosts.nix"), nix).unwrap();
+    }
+
+    pub fn flake(&self) -> String {
+        format!("path:{}", self.dir.display())
+    }
+
+    pub fn address(&self, host: &str) -> String {
+        self.lab.host(host).unwrap().address.clone()
+    }
+
+    pub fn host_key(&self, host: &str) -> String {
+        self.lab.host(host).unwrap().host_key.clone()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(tether_bin());
+        c.arg("--flake")
+            .arg(self.flake())
+            .args(args)
+            // No binary cache is reachable from the lab machine.
+            .env("NIX_CONFIG", "substituters =")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs tether with `args` and waits.
+    pub fn tether(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Starts `tether deploy --json ARGS` without waiting.
+    pub fn spawn_deploy(&self, args: &[&str]) -> Child {
+        let mut all = vec!["deploy", "--json"];
+        all.extend_from_slice(args);
+        self.command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `tether deploy --json ARGS`, parsed.
+    pub fn deploy(&self, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let child = self.spawn_deploy(args);
+        let out = child.wait_with_output().unwrap();
+        parse_run(out, started.elapsed())
+    }
+
+    /// What the host runs, read through its console.
+    pub fn current(&self, host: &str) -> String {
+        self.console(host, "readlink -f /run/current-system")
+    }
+
+    /// The emulated boot loader's default entry.
+    pub fn boot_default(&self, host: &str) -> String {
+        self.console(host, "readlink -f /boot/fixture-loader/default")
+    }
+
+    /// The system profile's current generation number.
+    pub fn generation(&self, host: &str) -> u32 {
+        let link = self.console(host, "readlink /nix/var/nix/profiles/system");
+        link.trim_start_matches("system-")
+            .trim_end_matches("-link")
+            .parse()
+            .unwrap_or_else(|_| panic!("{host}: odd profile link {link:?}"))
+    }
+
+    pub fn console(&self, host: &str, script: &str) -> String {
+        self.lab
+            .exec_sh(host, script)
+            .unwrap_or_else(|e| panic!("{host}: console `{script}`: {e:#}"))
+    }
+
+    /// Whether a new SSH connection to the host's address succeeds.
+    pub fn reachable(&self, host: &str) -> bool {
+        self.lab
+            .ssh(host, "true")
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Builds the fleet as it is now and returns host → toplevel.
+    pub fn systems(&self) -> std::collections::BTreeMap<String, String> {
+        self.lab.build_fleet(&self.dir).unwrap()
+    }
+
+    /// Whether the host's own store has `path`.
+    pub fn has_path(&self, host: &str, path: &str) -> bool {
+        self.lab
+            .exec(host, &["test", "-e", path])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+pub fn parse_run(out: Output, elapsed: Duration) -> Run {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut events = Vec::new();
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nstderr: {stderr}"));
+        events.push(v);
+    }
+    let summary = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "summary")
+        .cloned()
+        .unwrap_or(Value::Null);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        events,
+        summary,
+        stderr,
+        elapsed,
+    }
+}
+
+/// A deploy running in the background whose events are read as they come.
+pub struct LiveRun {
+    pub child: Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<Value>,
+    started: Instant,
+}
+
+impl LiveRun {
+    pub fn start(mut child: Child) -> LiveRun {
+        use std::io::{BufRead, BufReader};
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LiveRun {
+            child,
+            rx,
+            seen: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Reads events until one satisfies `pred`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no matching event within {timeout:?}; saw {:#?}", self.seen)
+    }
+
+    /// Waits for the deploy to end and parses everything it printed.
+    pub fn finish(mut self) -> Run {
+        let mut lines: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
+        let status = self.child.wait().unwrap();
+        lines.extend(self.rx.iter());
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let out = Output {
+            status,
+            stdout: lines.join("\n").into_bytes(),
+            stderr: stderr.into_bytes(),
+        };
+        parse_run(out, self.started.elapsed())
+    }
+
+    /// SIGKILLs the deployer, as a crash or `kill -9` would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn is_phase(v: &Value, host: &str, phase: &str) -> bool {
+    v["host"] == host && v["event"] == "phase" && v["phase"] == phase
+}
+
+pub fn is_output(v: &Value, host: &str, needle: &str) -> bool {
+    v["host"] == host && v["event"] == "output" && v["line"].as_str().unwrap_or("").contains(needle)
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
