@@ -544,29 +544,31 @@ impl Lab {
     }
 
     /// Reboots the host from inside (`systemctl reboot`) and waits until it is
-    /// back with a new boot id and answering SSH.
+    /// back and answering SSH.
     pub fn reboot(&self, host: &str) -> Result<()> {
-        let before = self.boot_id(host)?;
+        let before = self.init_pid(host)?;
         let _ = self.exec(host, &["systemctl", "reboot"])?;
-        self.wait_new_boot(host, &before, BOOT_TIMEOUT)
+        self.wait_new_boot(host, before, BOOT_TIMEOUT)
     }
 
     /// Kills the host without shutdown (SIGKILL to its init, which ends its
     /// whole PID namespace); the supervisor boots it again. Waits until it is back.
     pub fn crash(&self, host: &str) -> Result<()> {
-        let before = self.boot_id(host)?;
         let pid = self.init_pid(host)?;
         kill(Pid::from_raw(pid), Signal::SIGKILL)
             .with_context(|| format!("{host}: killing container init {pid}"))?;
-        self.wait_new_boot(host, &before, BOOT_TIMEOUT)
+        self.wait_new_boot(host, pid, BOOT_TIMEOUT)
     }
 
-    /// Waits until the host runs with a boot id other than `before` and answers SSH.
-    pub fn wait_new_boot(&self, host: &str, before: &str, timeout: Duration) -> Result<()> {
+    /// Waits until the host runs under an init other than `before` (a new
+    /// boot) and answers SSH. Watches PIDs from outside: entering a host
+    /// that is shutting down would get the entering process stopped by
+    /// systemd-shutdown along with the host's own processes.
+    pub fn wait_new_boot(&self, host: &str, before: i32, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(id) = self.boot_id(host) {
-                if id != before {
+            if let Ok(pid) = self.init_pid(host) {
+                if pid != before {
                     break;
                 }
             }

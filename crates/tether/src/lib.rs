@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod exit;
+pub mod journal;
 pub mod nix;
 pub mod probe;
 pub mod report;

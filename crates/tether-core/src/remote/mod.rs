@@ -588,13 +588,22 @@ echo "generation=$(readlink {profile} 2>/dev/null | sed -n 's/^system-\([0-9]*\)
     )
 }
 
-/// Ends a confirmed trial: the guard releases the deploy lock and exits.
+/// Ends a confirmed trial and releases the deploy lock at once (the guard
+/// would too, but only at its next poll: a deploy right after this one must
+/// not find the host busy).
 pub fn finish_script(spec: &GuardSpec) -> String {
     format!(
         r#"dir={dir}
 flock "$dir/state.lock" sh -c 'printf "finished\n" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' sh "$dir"
+exec 9>{run}/lock.flock
+flock 9
+if [ "$(cat {lock}/deploy 2>/dev/null)" = {id} ]; then rm -rf {lock}; fi
+exec 9>&-
 "#,
-        dir = quote(&spec.dir())
+        dir = quote(&spec.dir()),
+        run = quote(RUN_DIR),
+        lock = quote(LOCK_DIR),
+        id = quote(spec.deploy_id.as_str()),
     )
 }
 

@@ -155,7 +155,10 @@ pub struct HostStatus {
 }
 
 fn generation_number(link: &str) -> Option<u32> {
-    link.strip_prefix("system-")?.strip_suffix("-link")?.parse().ok()
+    link.strip_prefix("system-")?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
 }
 
 pub fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
@@ -179,16 +182,16 @@ pub fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
     let current_system = s("current");
     let profile_generation = s("profile_link").as_deref().and_then(generation_number);
     // Prefer the profile's own generation when it is the current system.
-    let current_generation = current_system.as_ref().and_then(|c| {
-        match profile_generation {
+    let current_generation = current_system
+        .as_ref()
+        .and_then(|c| match profile_generation {
             Some(p) if generations.iter().any(|g| g.number == p && &g.system == c) => Some(p),
             _ => generations
                 .iter()
                 .rev()
                 .find(|g| &g.system == c)
                 .map(|g| g.number),
-        }
-    });
+        });
     let differs = |a: &str, b: &str| match (s(a), s(b)) {
         (Some(x), Some(y)) => x != y,
         _ => false,
@@ -283,6 +286,10 @@ status=done\n";
             .args(["-n", "-c", &status_script()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
