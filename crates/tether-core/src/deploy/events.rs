@@ -17,6 +17,7 @@ pub enum Phase {
     Checking,
     Confirming,
     Persisting,
+    Rebooting,
     RollingBack,
 }
 
@@ -30,6 +31,7 @@ impl Phase {
             Phase::Checking => "checking",
             Phase::Confirming => "confirming",
             Phase::Persisting => "persisting",
+            Phase::Rebooting => "rebooting",
             Phase::RollingBack => "rolling-back",
         }
     }

@@ -14,7 +14,8 @@ use super::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
 use crate::checks::{self, Baseline, CheckAttempt, CheckTarget, HostChecks, Probe};
 use crate::inventory::{HostName, StorePath};
 use crate::remote::{
-    self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, Token,
+    self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, PersistMode,
+    Token,
 };
 use futures::future::{select, Either};
 use std::cell::RefCell;
@@ -69,6 +70,25 @@ pub struct HostJob {
     pub check_target: CheckTarget,
     /// Run after activation, before the confirmation.
     pub checks: HostChecks,
+    /// `user@machine` of the deployer, for the target's journal.
+    pub deployer: String,
+    /// Where the new system comes from.
+    pub source: SystemSource,
+    /// How a confirmed system becomes the boot default.
+    pub persist: PersistMode,
+    /// Reboot after persisting and wait this long for the host to come back
+    /// on the new system (`deploy --reboot`).
+    pub reboot: Option<Duration>,
+}
+
+/// Where a host's new system comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemSource {
+    /// Built here; copied to the host.
+    Copy,
+    /// Already in the host's store (a generation to roll back to, or the
+    /// system a revert returns to); nothing is copied.
+    OnTarget,
 }
 
 struct Run<'a, T, P, C, R: ?Sized> {
@@ -193,14 +213,16 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             return (Outcome::Unchanged, old);
         }
 
-        self.phase(Phase::Copying);
-        if let Err(e) = self.target.copy(&job.new_system, to.copy).await {
-            return (
-                Outcome::Failed {
-                    reason: format!("copy: {e}; nothing was activated"),
-                },
-                old,
-            );
+        if job.source == SystemSource::Copy {
+            self.phase(Phase::Copying);
+            if let Err(e) = self.target.copy(&job.new_system, to.copy).await {
+                return (
+                    Outcome::Failed {
+                        reason: format!("copy: {e}; nothing was activated"),
+                    },
+                    old,
+                );
+            }
         }
 
         let outcome = match job.goal {
@@ -209,6 +231,16 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             // Already running it (an earlier `test`): only persist.
             Goal::Switch if runs_new => self.persist(None, &old_path).await,
             Goal::Switch | Goal::Test => self.safe_switch(&facts, old_path).await,
+        };
+        let outcome = match (outcome, job.reboot) {
+            (
+                Outcome::Confirmed {
+                    generation,
+                    persisted: true,
+                },
+                Some(wait),
+            ) => self.reboot(&facts, generation, wait).await,
+            (other, _) => other,
         };
         (outcome, old)
     }
@@ -306,7 +338,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     async fn set_boot_default(&self) -> Outcome {
         self.phase(Phase::Persisting);
-        let script = remote::persist_script(&self.job.new_system, None);
+        let script = remote::persist_script(&self.job.new_system, self.job.persist, None);
         match self
             .sh(&script, Conn::Shared, self.job.timeouts.activation)
             .await
@@ -343,6 +375,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             old_system: old.clone(),
             new_system: job.new_system.clone(),
             lease: to.lease,
+            deployer: job.deployer.clone(),
         };
 
         self.phase(Phase::Arming);
@@ -695,12 +728,13 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
     async fn persist(&self, spec: Option<&GuardSpec>, old: &StorePath) -> Outcome {
         self.phase(Phase::Persisting);
         let job = self.job;
-        let mut script = remote::persist_script(&job.new_system, spec);
+        let mut script = remote::persist_script(&job.new_system, job.persist, spec);
         script.push_str(&remote::journal_script(
             &job.deploy_id,
             "confirmed",
             Some(old),
             &job.new_system,
+            &job.deployer,
             "confirmed over a fresh connection",
         ));
         let mut last = String::new();
@@ -733,6 +767,120 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         }
     }
 
+    /// `deploy --reboot`: reboots the confirmed, persisted host, waits (up
+    /// to `wait`) for a new boot, checks that it booted the new system and
+    /// runs the health checks again. A host that does not come back in time
+    /// is unknown, with what was last seen.
+    async fn reboot(&self, facts: &Facts, generation: Option<u32>, wait: Duration) -> Outcome {
+        let job = self.job;
+        self.phase(Phase::Rebooting);
+        let before = match self
+            .sh(
+                &remote::reboot_script(&job.deploy_id),
+                Conn::Shared,
+                job.timeouts.command,
+            )
+            .await
+        {
+            Ok(out) if out.stdout.contains("reboot=scheduled") => remote::parse_fields(&out.stdout)
+                .get("boot_id")
+                .and_then(|v| v.first().cloned())
+                .unwrap_or_else(|| facts.boot_id.clone()),
+            Ok(out) => {
+                return Outcome::Unhealthy {
+                    reason: format!(
+                        "confirmed and persisted, but the reboot could not be scheduled: {}",
+                        tail(&out.stderr, 3)
+                    ),
+                }
+            }
+            Err(e) => {
+                return Outcome::Unknown {
+                    reason: format!("confirmed and persisted; asking for the reboot failed: {e}"),
+                }
+            }
+        };
+        let deadline = self.clock.now() + wait;
+        let state = loop {
+            self.clock.sleep(Duration::from_secs(1)).await;
+            let last = match self
+                .sh(
+                    &remote::boot_state_script(),
+                    Conn::Fresh,
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                Ok(out) => {
+                    let f = remote::parse_fields(&out.stdout);
+                    let get = |k: &str| {
+                        f.get(k)
+                            .and_then(|v| v.first())
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    if !get("boot_id").is_empty() && get("boot_id") != before {
+                        break (get("booted"), get("current"));
+                    }
+                    "still up on the old boot".to_string()
+                }
+                Err(e) => e.to_string(),
+            };
+            if self.clock.now() >= deadline {
+                return Outcome::Unknown {
+                    reason: format!(
+                        "confirmed and persisted, then rebooted: the host did not come back within {}s (last seen: {last})",
+                        wait.as_secs()
+                    ),
+                };
+            }
+        };
+        let new = job.new_system.as_str();
+        if state.0 != new || state.1 != new {
+            return Outcome::Unhealthy {
+                reason: format!(
+                    "after the reboot the host booted {} and runs {}, not the new system",
+                    state.0, state.1
+                ),
+            };
+        }
+        if !job.checks.is_empty() {
+            self.phase(Phase::Checking);
+            let on_attempt = |a: CheckAttempt| {
+                self.emit(EventKind::Check {
+                    check: a.check,
+                    kind: a.kind.to_string(),
+                    attempt: a.attempt,
+                    passed: a.passed,
+                    detail: a.detail,
+                })
+            };
+            let failures = checks::run_checks(
+                &job.check_target,
+                &job.checks,
+                &Baseline::Before(facts.failed_units.clone()),
+                self.target,
+                self.probe,
+                self.clock,
+                &on_attempt,
+            )
+            .await;
+            if !failures.is_empty() {
+                let all: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                return Outcome::Unhealthy {
+                    reason: format!(
+                        "booted the new system, but health checks failed after the reboot: {}",
+                        all.join("; ")
+                    ),
+                };
+            }
+        }
+        Outcome::Confirmed {
+            generation,
+            persisted: true,
+        }
+    }
+
     /// Goal test: confirmed; end the trial without persisting.
     async fn finish_test(&self, spec: &GuardSpec, old: &StorePath) -> Outcome {
         let job = self.job;
@@ -742,6 +890,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             "confirmed",
             Some(old),
             &job.new_system,
+            &job.deployer,
             "goal test: not persisted",
         ));
         if let Err(e) = self.sh(&script, Conn::Shared, job.timeouts.command).await {

@@ -31,6 +31,9 @@ pub enum Outcome {
     Failed { reason: String },
     /// The new system was tried and the host is back on the old one.
     RolledBack { reason: String },
+    /// Runs the new system (persisted), but after `--reboot` it did not boot
+    /// it or failed its health checks; nothing was rolled back.
+    Unhealthy { reason: String },
     /// Not started (fleet policy or interruption); untouched.
     Skipped { reason: String },
     /// tether cannot tell what the host runs. Never a success.
@@ -63,6 +66,7 @@ impl Outcome {
             Outcome::Refused { .. } => "refused",
             Outcome::Failed { .. } => "failed",
             Outcome::RolledBack { .. } => "rolled-back",
+            Outcome::Unhealthy { .. } => "unhealthy",
             Outcome::Skipped { .. } => "skipped",
             Outcome::Unknown { .. } => "unknown",
         }
@@ -76,6 +80,7 @@ impl Outcome {
             | Outcome::Failed { reason }
             | Outcome::RolledBack { reason }
             | Outcome::Skipped { reason }
+            | Outcome::Unhealthy { reason }
             | Outcome::Unknown { reason } => Some(reason),
             _ => None,
         }

@@ -199,6 +199,10 @@ fn job(goal: Goal) -> HostJob {
             ssh_user: "root".parse().unwrap(),
         },
         checks: HostChecks::none(),
+        deployer: "alice@laptop".into(),
+        source: host::SystemSource::Copy,
+        persist: crate::remote::PersistMode::SetProfile,
+        reboot: None,
     }
 }
 
@@ -679,4 +683,33 @@ fn exit_codes_tell_success_failure_and_unknown_apart() {
     );
     assert_eq!(outcome::exit_code(&[confirmed.clone(), rolled.clone()]), 1);
     assert_eq!(outcome::exit_code(&[rolled, unknown, confirmed]), 3);
+}
+
+#[test]
+fn a_system_already_on_the_target_is_not_copied_and_switches_generation() {
+    let fake = Fake::healthy();
+    let mut j = job(Goal::Switch);
+    j.source = host::SystemSource::OnTarget;
+    j.persist = crate::remote::PersistMode::SwitchGeneration(2);
+    let clock = VirtualClock::default();
+    let rec = Recorder::default();
+    let report = futures::executor::block_on(run_host(
+        &j,
+        &fake,
+        &FakeProbe::default(),
+        &clock,
+        &rec,
+        Duration::ZERO,
+    ));
+    assert!(
+        matches!(report.outcome, Outcome::Confirmed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(!fake.called("copy"));
+    assert!(fake
+        .scripts
+        .borrow()
+        .iter()
+        .any(|s| s.contains("--switch-generation 2")));
 }

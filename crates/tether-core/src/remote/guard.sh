@@ -59,7 +59,7 @@ rollback() {
     release_lock
 }
 
-journal armed "lease ${LEASE_SECONDS}s"
+journal armed "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
 while :; do
     case "$(state)" in
     armed)

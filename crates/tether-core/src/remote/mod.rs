@@ -79,6 +79,8 @@ pub struct GuardSpec {
     pub old_system: StorePath,
     pub new_system: StorePath,
     pub lease: Duration,
+    /// `user@machine` of the deployer, recorded in the target's journal.
+    pub deployer: String,
 }
 
 impl GuardSpec {
@@ -304,6 +306,7 @@ umask 077
     printf 'ACTIVATION_UNIT=%s\n' {act_q}
     printf 'LOCK_DIR=%s\n' {lock_q}
     printf 'LEASE_SECONDS=%s\n' {lease}
+    printf 'DEPLOYER=%s\n' {deployer_q}
     printf 'TOOL_PATH=%s\n' "'$tool_path'"
     printf 'SH=%s\n' "'$sh_path'"
 }} >"$dir/params"
@@ -333,6 +336,7 @@ fi
         act_q = quote(&quote(&spec.activation_unit())),
         lock_q = quote(&quote(LOCK_DIR)),
         lease = spec.lease_secs(),
+        deployer_q = quote(&quote(&spec.deployer)),
         token = quote(spec.token.as_str()),
         guard = GUARD_SCRIPT,
         desc = quote(&format!("tether guard for deploy {}", spec.deploy_id)),
@@ -566,15 +570,39 @@ pub fn parse_inspect(stdout: &str) -> Result<Inspection, ParseError> {
     })
 }
 
-/// Makes the confirmed system permanent: the next profile generation and the
-/// boot default (`switch-to-configuration boot`), then ends the trial so the
-/// guard releases the deploy lock. With no guard (goal `boot`) only persists.
-pub fn persist_script(new_system: &StorePath, spec: Option<&GuardSpec>) -> String {
+/// How the confirmed system becomes the boot default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// A new profile generation pointing at the system (`nix-env --set`).
+    SetProfile,
+    /// Back to an existing generation (`nix-env --switch-generation N`), as
+    /// `nixos-rebuild --rollback` does: no new generation.
+    SwitchGeneration(u32),
+}
+
+/// Makes the confirmed system permanent: the profile (see [`PersistMode`])
+/// and the boot default (`switch-to-configuration boot`), then ends the trial
+/// so the guard releases the deploy lock. With no guard (goal `boot`) only
+/// persists.
+pub fn persist_script(
+    new_system: &StorePath,
+    mode: PersistMode,
+    spec: Option<&GuardSpec>,
+) -> String {
     let finish = spec.map(finish_script).unwrap_or_default();
+    let set_profile = match mode {
+        PersistMode::SetProfile => format!("nix-env -p {} --set \"$new\"", quote(SYSTEM_PROFILE)),
+        PersistMode::SwitchGeneration(n) => {
+            format!(
+                "nix-env -p {} --switch-generation {n}",
+                quote(SYSTEM_PROFILE)
+            )
+        }
+    };
     format!(
         r#"set -u
 new={new}
-if nix-env -p {profile} --set "$new" >/dev/null; then
+if {set_profile} >/dev/null && [ "$(readlink -f {profile})" = "$new" ]; then
     echo "profile=ok"
     "$new/bin/switch-to-configuration" boot
     echo "boot_rc=$?"
@@ -644,6 +672,7 @@ pub fn journal_script(
     event: &str,
     old: Option<&StorePath>,
     new: &StorePath,
+    deployer: &str,
     detail: &str,
 ) -> String {
     format!(
@@ -653,9 +682,30 @@ pub fn journal_script(
         event = quote(event),
         old = quote(old.map(StorePath::as_str).unwrap_or("-")),
         new = quote(new.as_str()),
-        detail = quote(&detail.replace(['\t', '\n'], " ")),
+        detail = quote(&format!("{detail}; deployer {deployer}").replace(['\t', '\n'], " ")),
         journal = quote(JOURNAL),
     )
+}
+
+/// Reboots the host a second from now, so the command that asks returns
+/// cleanly first; prints the boot id it reboots from.
+pub fn reboot_script(deploy_id: &DeployId) -> String {
+    format!(
+        r#"echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+systemd-run --unit={unit} --quiet --collect --on-active=1 --timer-property=AccuracySec=100ms systemctl reboot && echo "reboot=scheduled"
+"#,
+        unit = quote(&format!("tether-reboot-{deploy_id}")),
+    )
+}
+
+/// Read after a reboot: which boot and which systems the host runs.
+pub fn boot_state_script() -> String {
+    r#"echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
+echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+echo "system_state=$(systemctl is-system-running 2>/dev/null)"
+"#
+    .to_string()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ fn spec() -> GuardSpec {
         old_system: StorePath::new("/nix/store/aaa-nixos-system-old").unwrap(),
         new_system: StorePath::new("/nix/store/bbb-nixos-system-it's-new").unwrap(),
         lease: Duration::from_secs(15),
+        deployer: "alice@laptop".into(),
     }
 }
 
@@ -48,14 +49,17 @@ fn every_script_is_valid_sh_even_with_quotes_in_values() {
         request_rollback_script(&s, "it's broken; $(rm -rf /)"),
         confirm_script(&s),
         inspect_script(&s),
-        persist_script(&s.new_system, Some(&s)),
-        persist_script(&s.new_system, None),
+        persist_script(&s.new_system, PersistMode::SetProfile, Some(&s)),
+        persist_script(&s.new_system, PersistMode::SwitchGeneration(3), None),
+        reboot_script(&s.deploy_id),
+        boot_state_script(),
         dry_activate_script(&s.new_system),
         journal_script(
             &s.deploy_id,
             "confirmed",
             Some(&s.old_system),
             &s.new_system,
+            "bob@x",
             "a\tb\nc",
         ),
         GUARD_SCRIPT.to_string(),

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tether_core::checks::CheckTarget;
+use tether_core::deploy::host::SystemSource;
 use tether_core::deploy::{run_fleet, FleetOptions, HostJob, Reporter, Timeouts};
 use tether_core::inventory::{Host, StorePath, TimeoutSettings};
-use tether_core::remote::{DeployId, Goal, Token};
+use tether_core::remote::{DeployId, Goal, PersistMode, Token};
 
 use crate::cli::Context;
 use crate::clock::TokioClock;
@@ -210,6 +211,10 @@ fn job(
         token,
         check_target: check_target(host),
         checks: host.checks.clone(),
+        deployer: crate::journal::deployer_identity(),
+        source: SystemSource::Copy,
+        persist: PersistMode::SetProfile,
+        reboot: None,
     })
 }
 
