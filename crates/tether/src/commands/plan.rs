@@ -1,0 +1,393 @@
+//! `tether plan`: build the selected hosts' systems (one Nix evaluation, one
+//! build), then show for each host what a deploy would change, without
+//! changing it: unchanged or not, the closure difference (packages and
+//! size) and the units activation would start, stop, restart or reload.
+//! Also what `deploy --dry-run` runs.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde::Serialize;
+use tether_core::deploy::Timeouts;
+use tether_core::inventory::{Host, StorePath};
+use tether_core::plan::{
+    exit_code, parse_path_info_json, plan_host, Closure, HostPlan, PlanJob, PlanStatus, UnitsSource,
+};
+use tether_core::remote::plan::{parse_unit_files, unit_files_script, UnitFiles};
+
+use crate::cli::Context;
+use crate::exit::CommandError;
+use crate::nix::NixError;
+use crate::ssh::SshTarget;
+
+/// Show what a deploy would change on each selected host, without changing it
+///
+/// Whether the host already runs the new system, the packages added, removed,
+/// upgraded or downgraded and the closure's size change, and the units
+/// activation would start, stop, restart or reload. Without --copy nothing
+/// reaches the hosts and the units are an estimate from unit files.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Copy each closure to its host and run the new system's real
+    /// `switch-to-configuration dry-activate` (only the hosts' stores change)
+    #[arg(long)]
+    pub copy: bool,
+    /// Print one JSON document on stdout (docs/plan.md)
+    #[arg(long)]
+    pub json: bool,
+    /// Most hosts planned at once
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+}
+
+impl Args {
+    /// The arguments `deploy --dry-run` plans with.
+    pub fn for_dry_run(copy: bool, json: bool) -> Args {
+        Args {
+            copy,
+            json,
+            parallel: 10,
+        }
+    }
+}
+
+/// The `--json` document.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Document<'a> {
+    exit_code: u8,
+    copy: bool,
+    hosts: &'a [HostPlan],
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
+    let (_inventory, hosts) = ctx.selected_hosts().await?;
+    let say = |msg: String| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    say(format!("evaluating {} host(s)", hosts.len()));
+    let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
+    let toplevels = ctx.nix.eval_toplevels(&ctx.source, &names).await?;
+    let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
+    drvs.sort();
+    drvs.dedup();
+    say(format!("building {} system(s)", drvs.len()));
+    let outs = ctx.nix.build(&drvs).await.map_err(CommandError::Build)?;
+    let built: BTreeMap<&StorePath, &StorePath> = drvs.iter().zip(outs.iter()).collect();
+
+    // What each new system is, read once per system from the local store.
+    let mut locals: BTreeMap<StorePath, (Closure, UnitFiles)> = BTreeMap::new();
+    for out in &outs {
+        if !locals.contains_key(out) {
+            let closure = local_closure(ctx, out).await?;
+            let units = local_unit_files(out).await?;
+            locals.insert(out.clone(), (closure, units));
+        }
+    }
+
+    let run_dir = tempfile::Builder::new()
+        .prefix("tether-")
+        .tempdir()
+        .map_err(CommandError::Output)?;
+    let mut work: Vec<(PlanJob, SshTarget)> = Vec::new();
+    for (index, host) in hosts.iter().enumerate() {
+        let toplevel = toplevels.get(&host.name).ok_or_else(|| {
+            CommandError::Usage(format!(
+                "host {:?}: no system was evaluated",
+                host.name.as_str()
+            ))
+        })?;
+        let new_system = built
+            .get(&toplevel.drv_path)
+            .map(|p| (*p).clone())
+            .unwrap_or_else(|| toplevel.out_path.clone());
+        let (new_closure, new_units) = locals.get(&new_system).cloned().unwrap_or_default();
+        let target = SshTarget::new(
+            host.clone(),
+            index,
+            run_dir.path(),
+            ctx.nix.program().clone(),
+            false,
+        )
+        .map_err(CommandError::Output)?;
+        work.push((
+            job(
+                host,
+                &args,
+                new_system,
+                toplevel.system.clone(),
+                new_closure,
+                new_units,
+            ),
+            target,
+        ));
+    }
+
+    say(format!(
+        "planning {} host(s){}",
+        work.len(),
+        if args.copy {
+            " (copying closures, running dry-activate)"
+        } else {
+            " (nothing is copied)"
+        }
+    ));
+    // `buffered` keeps the inventory's order in the report.
+    let plans: Vec<HostPlan> = futures::stream::iter(work.iter())
+        .map(|(job, target)| async move {
+            let started = Instant::now();
+            let mut plan = plan_host(target, job).await;
+            plan.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            target.close().await;
+            plan
+        })
+        .buffered(usize::from(args.parallel))
+        .collect()
+        .await;
+
+    let code = exit_code(&plans);
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let doc = Document {
+            exit_code: code,
+            copy: args.copy,
+            hosts: &plans,
+        };
+        serde_json::to_writer_pretty(&mut stdout, &doc).map_err(std::io::Error::from)?;
+        writeln!(stdout)?;
+    } else {
+        for plan in &plans {
+            write!(stdout, "{}", render(plan))?;
+        }
+    }
+    stdout.flush()?;
+    match code {
+        0 => Ok(()),
+        _ => Err(CommandError::HostsNotOk {
+            count: plans
+                .iter()
+                .filter(|p| p.status != PlanStatus::Planned)
+                .count(),
+            what: "could not be planned",
+        }),
+    }
+}
+
+fn job(
+    host: &Host,
+    args: &Args,
+    new_system: StorePath,
+    platform: Option<String>,
+    new_closure: Closure,
+    new_units: UnitFiles,
+) -> PlanJob {
+    let d = Timeouts::default();
+    PlanJob {
+        host: host.name.clone(),
+        new_system,
+        platform,
+        machine_id: host.machine_id.as_ref().map(|m| m.as_str().to_string()),
+        new_closure,
+        new_units,
+        copy: args.copy,
+        command_timeout: d.command,
+        copy_timeout: host
+            .timeouts
+            .copy
+            .map(Duration::from_secs)
+            .unwrap_or(d.copy),
+    }
+}
+
+/// The new system's closure with NAR sizes, from the deployer's store.
+async fn local_closure(ctx: &Context, system: &StorePath) -> Result<Closure, CommandError> {
+    let program = ctx.nix.program().to_string_lossy().into_owned();
+    let command = format!("{program} path-info -r --json {system}");
+    let output = tokio::process::Command::new(ctx.nix.program())
+        .args(["--extra-experimental-features", "nix-command flakes"])
+        .args(["path-info", "-r", "--json", system.as_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| {
+            CommandError::Build(NixError::Spawn {
+                program: program.clone(),
+                source,
+            })
+        })?;
+    if !output.status.success() {
+        return Err(CommandError::Build(NixError::Failed {
+            command,
+            status: output.status,
+            stderr_tail: last_lines(&String::from_utf8_lossy(&output.stderr), 10),
+        }));
+    }
+    parse_path_info_json(&String::from_utf8_lossy(&output.stdout)).map_err(|e| {
+        CommandError::Build(NixError::Missing {
+            command,
+            what: e.to_string(),
+        })
+    })
+}
+
+/// The new system's unit files, hashed by the same script the host runs
+/// for its current system, so both sides are compared alike.
+async fn local_unit_files(system: &StorePath) -> Result<UnitFiles, CommandError> {
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(unit_files_script(system))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(CommandError::Output)?;
+    parse_unit_files(&String::from_utf8_lossy(&output.stdout)).map_err(|e| {
+        CommandError::Usage(format!(
+            "reading the unit files of {system}: {e}: {}",
+            last_lines(&String::from_utf8_lossy(&output.stderr), 3)
+        ))
+    })
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Bytes as a short human size (`1.2 MiB`), signed when `signed`.
+fn human_size(bytes: i128, signed: bool) -> String {
+    let sign = match (signed, bytes.signum()) {
+        (true, 1) => "+",
+        (_, -1) => "-",
+        _ => "",
+    };
+    let mut value = bytes.unsigned_abs() as f64;
+    let mut unit = "B";
+    for next in ["KiB", "MiB", "GiB", "TiB"] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    if unit == "B" {
+        format!("{sign}{value} {unit}")
+    } else {
+        format!("{sign}{value:.1} {unit}")
+    }
+}
+
+/// One host's readable report.
+fn render(plan: &HostPlan) -> String {
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    let head = match plan.status {
+        PlanStatus::Planned if plan.unchanged => "unchanged (already runs this system)".to_string(),
+        PlanStatus::Planned => "would change".to_string(),
+        PlanStatus::Refused => format!(
+            "refused: {}",
+            plan.reason.as_deref().unwrap_or("no reason given")
+        ),
+        PlanStatus::Failed => format!(
+            "could not be planned: {}",
+            plan.reason.as_deref().unwrap_or("no reason given")
+        ),
+    };
+    line(format!("{}: {head}", plan.host.as_str()));
+    if plan.status != PlanStatus::Planned || plan.unchanged {
+        line(String::new());
+        return s;
+    }
+    line(format!(
+        "  system: {} -> {}",
+        plan.current_system.as_deref().unwrap_or("(none)"),
+        plan.new_system
+    ));
+    if let Some(d) = &plan.closure {
+        let versions = |v: &[String]| v.join(", ");
+        for p in &d.added {
+            line(format!("  added      {} {}", p.name, versions(&p.versions)));
+        }
+        for p in &d.removed {
+            line(format!("  removed    {} {}", p.name, versions(&p.versions)));
+        }
+        for (label, list) in [
+            ("upgraded  ", &d.upgraded),
+            ("downgraded", &d.downgraded),
+            ("changed   ", &d.changed),
+        ] {
+            for c in list {
+                line(format!(
+                    "  {label} {} {} -> {}",
+                    c.name,
+                    versions(&c.old),
+                    versions(&c.new)
+                ));
+            }
+        }
+        line(format!(
+            "  closure: {} -> {} ({}); {} path(s) added, {} removed",
+            human_size(i128::from(d.size_before), false),
+            human_size(i128::from(d.size_after), false),
+            human_size(i128::from(d.size_change), true),
+            d.paths_added,
+            d.paths_removed
+        ));
+    }
+    if let Some(u) = &plan.units {
+        match u.source {
+            UnitsSource::DryActivate => {
+                line("  units (from the new system's dry-activate on the host):".into())
+            }
+            UnitsSource::Estimate => line(
+                "  units (ESTIMATE from unit files; nothing was copied; --copy runs the real dry-activate):"
+                    .into(),
+            ),
+        }
+        let c = &u.changes;
+        for (label, list) in [
+            ("stop", &c.stop),
+            ("restart", &c.restart),
+            ("reload", &c.reload),
+            ("start", &c.start),
+        ] {
+            if !list.is_empty() {
+                line(format!("    would {label}: {}", list.join(", ")));
+            }
+        }
+        if c.is_empty() {
+            line("    no unit would be started, stopped, restarted or reloaded".into());
+        }
+        for n in &c.notes {
+            line(format!("    note: {n}"));
+        }
+    }
+    line(String::new());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(0, true), "0 B");
+        assert_eq!(human_size(512, false), "512 B");
+        assert_eq!(human_size(1536, true), "+1.5 KiB");
+        assert_eq!(human_size(-3 * 1024 * 1024, true), "-3.0 MiB");
+    }
+}
