@@ -16,21 +16,23 @@ pub fn status_script() -> String {
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "hostname=$(cat /proc/sys/kernel/hostname)"
 echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
-echo "current=$(readlink -f /run/current-system 2>/dev/null)"
-echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
-echo "profile=$(readlink -f {profile} 2>/dev/null)"
+# `readlink -e`: a missing link prints nothing (`-f` would print the path of
+# a missing last component as if it existed).
+echo "current=$(readlink -e /run/current-system 2>/dev/null)"
+echo "booted=$(readlink -e /run/booted-system 2>/dev/null)"
+echo "profile=$(readlink -e {profile} 2>/dev/null)"
 echo "profile_link=$(readlink {profile} 2>/dev/null)"
 # As NixOS decides whether a reboot is needed: the booted system's kernel,
 # initrd and kernel modules against the current system's.
-echo "booted_kernel=$(readlink -f /run/booted-system/kernel 2>/dev/null)"
-echo "current_kernel=$(readlink -f /run/current-system/kernel 2>/dev/null)"
-echo "booted_initrd=$(readlink -f /run/booted-system/initrd 2>/dev/null)"
-echo "current_initrd=$(readlink -f /run/current-system/initrd 2>/dev/null)"
-echo "booted_modules=$(readlink -f /run/booted-system/kernel-modules 2>/dev/null)"
-echo "current_modules=$(readlink -f /run/current-system/kernel-modules 2>/dev/null)"
+echo "booted_kernel=$(readlink -e /run/booted-system/kernel 2>/dev/null)"
+echo "current_kernel=$(readlink -e /run/current-system/kernel 2>/dev/null)"
+echo "booted_initrd=$(readlink -e /run/booted-system/initrd 2>/dev/null)"
+echo "current_initrd=$(readlink -e /run/current-system/initrd 2>/dev/null)"
+echo "booted_modules=$(readlink -e /run/booted-system/kernel-modules 2>/dev/null)"
+echo "current_modules=$(readlink -e /run/current-system/kernel-modules 2>/dev/null)"
 for l in {profile}-*-link; do
     [ -e "$l" ] || continue
-    printf 'generation=%s %s\n' "$(basename "$l")" "$(readlink -f "$l")"
+    printf 'generation=%s %s\n' "$(basename "$l")" "$(readlink -e "$l")"
 done
 echo "system_state=$(systemctl is-system-running 2>/dev/null)"
 systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
@@ -96,6 +98,54 @@ impl JournalLine {
     }
 }
 
+/// The newest deploy in a host's journal, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastDeploy {
+    pub deploy_id: String,
+    /// Time of its first journal line (the guard writes one when armed).
+    pub started: String,
+    /// Time of its final event, if it has one.
+    pub ended: Option<String>,
+    /// `user@machine` of the deployer, when a line names it.
+    pub by: Option<String>,
+    /// The last final event (`confirmed`, `rolled-back`, `rollback-failed`,
+    /// `confirmed-unfinished`), else `in-progress` while its guard runs,
+    /// else `unfinished`: no end was ever recorded.
+    pub outcome: String,
+    /// The detail of the line the outcome comes from.
+    pub detail: String,
+    pub old_system: String,
+    pub new_system: String,
+}
+
+/// The deployer named in a journal detail: the guard writes
+/// `…; deployer user@machine`, the deployer's own lines end the same way.
+/// `deployer asked: …` (a rollback request) is not a name.
+pub fn deployer_of(detail: &str) -> Option<String> {
+    detail
+        .split("; ")
+        .filter_map(|part| part.trim().strip_prefix("deployer "))
+        .map(str::trim)
+        .filter(|who| !who.is_empty() && who != &"unknown" && !who.contains(char::is_whitespace))
+        .last()
+        .map(str::to_string)
+}
+
+/// A store path shortened for tables, keeping 7 characters of its hash:
+/// systems of one host often share their name (`nixos-system-web1-24.05`)
+/// and differ only there. `/nix/store/0123456…-nixos-system-web1-24.05`
+/// becomes `0123456-nixos-system-web1-24.05`.
+pub fn short_system(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    match base.split_once('-') {
+        Some((hash, name)) if hash.len() == 32 && hash.is_ascii() && !name.is_empty() => {
+            format!("{}-{name}", &hash[..7])
+        }
+        _ => base.to_string(),
+    }
+}
+
 /// A deploy state directory on the target and its guard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,6 +202,69 @@ pub struct HostStatus {
     /// The deploy lock: holder and whether its guard is alive.
     pub lock: Option<(String, bool)>,
     pub journal: Vec<JournalLine>,
+}
+
+impl HostStatus {
+    /// The newest deploy in the journal tail: the greatest deploy id (ids
+    /// start with a UTC timestamp, so they sort by start time; file order
+    /// would mix up deployers whose lines interleave).
+    pub fn last_deploy(&self) -> Option<LastDeploy> {
+        let id = self.journal.iter().map(|l| &l.deploy_id).max()?;
+        let lines: Vec<&JournalLine> = self.journal.iter().filter(|l| &l.deploy_id == id).collect();
+        let first = lines.first()?;
+        let last = lines.last()?;
+        let by = lines.iter().rev().find_map(|l| deployer_of(&l.detail));
+        let fin = lines.iter().rev().find(|l| l.is_final());
+        let (outcome, ended, detail) = match fin {
+            Some(l) => (l.event.clone(), Some(l.time.clone()), l.detail.clone()),
+            None if self
+                .guards
+                .iter()
+                .any(|g| &g.deploy_id == id && g.is_armed()) =>
+            {
+                ("in-progress".to_string(), None, last.detail.clone())
+            }
+            None => ("unfinished".to_string(), None, last.detail.clone()),
+        };
+        let system = |pick: fn(&JournalLine) -> &String| {
+            lines
+                .iter()
+                .rev()
+                .map(|l| pick(l))
+                .find(|s| s.as_str() != "-")
+                .cloned()
+                .unwrap_or_default()
+        };
+        Some(LastDeploy {
+            deploy_id: id.clone(),
+            started: first.time.clone(),
+            ended,
+            by,
+            outcome,
+            detail,
+            old_system: system(|l| &l.old_system),
+            new_system: system(|l| &l.new_system),
+        })
+    }
+
+    /// Guards on trial now (their unit runs).
+    pub fn armed_guards(&self) -> impl Iterator<Item = &GuardInfo> {
+        self.guards.iter().filter(|g| g.is_armed())
+    }
+
+    /// Trials whose guard is gone without an end state.
+    pub fn leftover_guards(&self) -> impl Iterator<Item = &GuardInfo> {
+        self.guards.iter().filter(|g| g.is_leftover())
+    }
+
+    /// The deploy holding a lock whose guard unit is gone (the next deploy
+    /// takes it over, but it says a deploy ended without cleaning up).
+    pub fn stale_lock(&self) -> Option<&str> {
+        match &self.lock {
+            Some((id, false)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 fn generation_number(link: &str) -> Option<u32> {
@@ -267,6 +380,61 @@ status=done\n";
         assert_eq!(s.lock, Some(("20260101T000000-aa".into(), false)));
         assert_eq!(s.journal[0].event, "armed");
         assert_eq!(s.journal[0].detail, "lease 15s");
+    }
+
+    #[test]
+    fn the_newest_deploy_has_its_last_final_event_and_deployer() {
+        let journal = "journal=2026-01-01T00:00:00Z\t20260101T000000-aa\tarmed\t/nix/store/a\t/nix/store/b\tguard\tlease 15s; deployer alice@laptop\n\
+journal=2026-01-01T00:00:09Z\t20260101T000000-aa\tconfirmed\t/nix/store/a\t/nix/store/b\tdeployer\tconfirmed over a fresh connection; deployer alice@laptop\n\
+journal=2026-01-02T00:00:00Z\t20260102T000000-bb\tarmed\t/nix/store/b\t/nix/store/c\tguard\tlease 5s; deployer bob@ci\n\
+journal=2026-01-02T00:00:01Z\t20260102T000000-bb\trolling-back\t/nix/store/b\t/nix/store/c\tguard\tdeployer asked: activation timed out\n\
+journal=2026-01-02T00:00:02Z\t20260102T000000-bb\trolled-back\t/nix/store/b\t/nix/store/c\tguard\tlease expired\n";
+        let s = parse_status(&format!("{journal}status=done\n")).unwrap();
+        let last = s.last_deploy().unwrap();
+        assert_eq!(last.deploy_id, "20260102T000000-bb");
+        assert_eq!(last.outcome, "rolled-back");
+        assert_eq!(last.by.as_deref(), Some("bob@ci"));
+        assert_eq!(last.started, "2026-01-02T00:00:00Z");
+        assert_eq!(last.ended.as_deref(), Some("2026-01-02T00:00:02Z"));
+        assert_eq!(last.new_system, "/nix/store/c");
+    }
+
+    #[test]
+    fn a_deploy_without_an_end_is_in_progress_while_its_guard_runs_else_unfinished() {
+        let armed = "journal=2026-01-01T00:00:00Z\t20260101T000000-aa\tarmed\t/nix/store/a\t/nix/store/b\tguard\tlease 15s; deployer alice@laptop\n";
+        let live = parse_status(&format!(
+            "{armed}guard=20260101T000000-aa armed active\nstatus=done\n"
+        ))
+        .unwrap();
+        assert_eq!(live.last_deploy().unwrap().outcome, "in-progress");
+        assert_eq!(live.armed_guards().count(), 1);
+        assert_eq!(live.leftover_guards().count(), 0);
+        let dead = parse_status(&format!(
+            "{armed}guard=20260101T000000-aa armed failed\nlock=20260101T000000-aa failed\nstatus=done\n"
+        ))
+        .unwrap();
+        assert_eq!(dead.last_deploy().unwrap().outcome, "unfinished");
+        assert_eq!(dead.leftover_guards().count(), 1);
+        assert_eq!(dead.stale_lock(), Some("20260101T000000-aa"));
+        assert!(parse_status("status=done\n")
+            .unwrap()
+            .last_deploy()
+            .is_none());
+    }
+
+    #[test]
+    fn deployer_names_and_short_system_names() {
+        assert_eq!(
+            deployer_of("lease 15s; deployer root@box").as_deref(),
+            Some("root@box")
+        );
+        assert_eq!(deployer_of("deployer asked: check failed"), None);
+        assert_eq!(deployer_of("lease 15s; deployer unknown"), None);
+        assert_eq!(
+            short_system("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-v2"),
+            "0123456-nixos-system-web1-v2"
+        );
+        assert_eq!(short_system("/somewhere/else"), "else");
     }
 
     #[test]
