@@ -6,5 +6,7 @@
 pub mod checks;
 pub mod deploy;
 pub mod inventory;
+pub mod plan;
 pub mod remote;
+pub mod rollout;
 pub mod shell;

@@ -222,6 +222,7 @@ impl Lab {
             bail!("a lab has 1 to 60 hosts, not {}", opts.hosts);
         }
         crate::prereq::ensure()?;
+        crate::prereq::ensure_kernel_limits()?;
         let image = image::ensure()?;
         let ssh_key = ensure_client_key()?;
         let client_pub = fs::read_to_string(ssh_key.with_extension("pub"))?;

@@ -52,3 +52,28 @@ pub fn ensure() -> Result<Vec<&'static str>> {
     );
     Ok(missing)
 }
+
+/// Kernel limits that many containers on one machine run into: every
+/// container's systemd takes inotify instances, and the default of 128 per
+/// user lets only a dozen or so hosts boot (the rest hang with sshd never
+/// started). Raised, never lowered.
+const KERNEL_LIMITS: &[(&str, u64)] = &[
+    ("/proc/sys/fs/inotify/max_user_instances", 8192),
+    ("/proc/sys/fs/inotify/max_user_watches", 1_048_576),
+];
+
+/// Raises [`KERNEL_LIMITS`] where they are lower.
+pub fn ensure_kernel_limits() -> Result<()> {
+    for (path, wanted) in KERNEL_LIMITS {
+        let current: u64 = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {path}"))?;
+        if current < *wanted {
+            std::fs::write(path, wanted.to_string())
+                .with_context(|| format!("raising {path} to {wanted}"))?;
+        }
+    }
+    Ok(())
+}

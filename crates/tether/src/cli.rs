@@ -35,6 +35,9 @@ pub struct GlobalArgs {
     /// Hosts to act on: comma-separated names, globs (`web*`) and `@tag`s [default: all]
     #[arg(long, value_name = "SELECTOR", global = true)]
     pub on: Option<String>,
+    /// Hosts to leave out of `--on`'s selection (same syntax)
+    #[arg(long, value_name = "SELECTOR", global = true)]
+    pub exclude: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +45,10 @@ pub enum Command {
     Hosts(commands::hosts::Args),
     Deploy(commands::deploy::Args),
     Check(commands::check::Args),
+    Status(commands::status::Args),
+    Rollback(commands::rollback::Args),
+    History(commands::history::Args),
+    Plan(commands::plan::Args),
 }
 
 /// The checked form of [`GlobalArgs`].
@@ -49,6 +56,10 @@ pub enum Command {
 pub struct Context {
     pub source: NixSource,
     pub selector: Option<Selector>,
+    pub exclude: Option<Selector>,
+    /// `--on` and `--exclude` as typed, for the journal.
+    pub on_text: Option<String>,
+    pub exclude_text: Option<String>,
     pub nix: Nix,
 }
 
@@ -59,20 +70,45 @@ impl Context {
             (None, flake) => NixSource::Flake(flake.unwrap_or_else(|| ".".to_owned())),
         };
         let selector = args.on.as_deref().map(str::parse).transpose()?;
+        let exclude = args.exclude.as_deref().map(str::parse).transpose()?;
         Ok(Context {
             source,
             selector,
+            exclude,
+            on_text: args.on.clone(),
+            exclude_text: args.exclude.clone(),
             nix: Nix::from_env(),
         })
     }
 
-    /// Loads the inventory and applies `--on`: what most commands start with.
+    /// The selection as typed (`all` without `--on`).
+    pub fn selection_text(&self) -> String {
+        let mut s = self.on_text.clone().unwrap_or_else(|| "all".into());
+        if let Some(x) = &self.exclude_text {
+            s.push_str(&format!(" --exclude {x}"));
+        }
+        s
+    }
+
+    /// Loads the inventory and applies `--on` and `--exclude`: what most
+    /// commands start with. An empty result is an error (exit 2).
     pub async fn selected_hosts(&self) -> Result<(Inventory, Vec<Host>), CommandError> {
         let inventory = self.nix.load_inventory(&self.source).await?;
-        let hosts = tether_core::inventory::select(&inventory, self.selector.as_ref())?
-            .into_iter()
-            .cloned()
-            .collect();
+        let mut hosts: Vec<Host> =
+            tether_core::inventory::select(&inventory, self.selector.as_ref())?
+                .into_iter()
+                .cloned()
+                .collect();
+        if let Some(exclude) = &self.exclude {
+            // Each exclusion term must match some host, like `--on`'s.
+            exclude.select(&inventory)?;
+            hosts.retain(|h| !exclude.matches_host(h));
+            if hosts.is_empty() {
+                return Err(CommandError::Usage(
+                    "--exclude leaves no host selected".to_string(),
+                ));
+            }
+        }
         Ok((inventory, hosts))
     }
 }
@@ -83,5 +119,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
         Command::Deploy(args) => commands::deploy::run(&ctx, args).await,
         Command::Check(args) => commands::check::run(&ctx, args).await,
+        Command::Status(args) => commands::status::run(&ctx, args).await,
+        Command::Rollback(args) => commands::rollback::run(&ctx, args).await,
+        Command::History(args) => commands::history::run(&ctx, args).await,
+        Command::Plan(args) => commands::plan::run(&ctx, args).await,
     }
 }

@@ -35,6 +35,10 @@ pub enum CommandError {
     /// Some hosts failed, refused, or were rolled back; already reported.
     #[error("{0} host(s) failed or were rolled back")]
     HostsFailed(usize),
+    /// Some hosts could not be read or planned (`status`, `plan`); already
+    /// reported.
+    #[error("{count} host(s) {what}")]
+    HostsNotOk { count: usize, what: &'static str },
     /// `tether check`: some hosts failed a health check; already reported.
     #[error("{0} host(s) failed a health check")]
     ChecksFailed(usize),
@@ -54,6 +58,7 @@ impl CommandError {
             | CommandError::Selector(_)
             | CommandError::Toplevels(_) => USAGE,
             CommandError::HostsFailed(_)
+            | CommandError::HostsNotOk { .. }
             | CommandError::ChecksFailed(_)
             | CommandError::Output(_)
             | CommandError::Build(_) => HOST_FAILED,

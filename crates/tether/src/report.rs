@@ -121,7 +121,17 @@ fn short(path: Option<&str>) -> String {
     }
 }
 
-/// The end-of-run table for people.
+fn generations(r: &HostReport) -> String {
+    let show = |g: Option<u32>| g.map(|g| g.to_string()).unwrap_or_else(|| "?".into());
+    match (r.old_generation, r.new_generation()) {
+        (old, Some(new)) => format!("{} -> {new}", show(old)),
+        (Some(old), None) => old.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
+/// The end-of-run table for people: host, outcome, profile generation (old
+/// -> new), duration, and the systems or the reason for any non-success.
 pub fn summary_table(reports: &[HostReport]) -> String {
     let width = reports
         .iter()
@@ -130,19 +140,11 @@ pub fn summary_table(reports: &[HostReport]) -> String {
         .unwrap_or(4)
         .max(4);
     let mut s = format!(
-        "{:<width$}  {:<24} {:>8}  detail\n",
-        "host", "outcome", "time"
+        "{:<width$}  {:<24} {:<10} {:>8}  detail\n",
+        "host", "outcome", "generation", "time"
     );
     for r in reports {
         let detail = match &r.outcome {
-            Outcome::Confirmed {
-                generation: Some(g),
-                ..
-            } => format!(
-                "{} -> {} (generation {g})",
-                short(r.old_system.as_deref()),
-                short(Some(&r.new_system))
-            ),
             Outcome::Confirmed { .. } => format!(
                 "{} -> {}",
                 short(r.old_system.as_deref()),
@@ -152,9 +154,10 @@ pub fn summary_table(reports: &[HostReport]) -> String {
             other => other.reason().unwrap_or("").to_string(),
         };
         s.push_str(&format!(
-            "{:<width$}  {:<24} {:>7.1}s  {}\n",
+            "{:<width$}  {:<24} {:<10} {:>7.1}s  {}\n",
             r.host.as_str(),
             r.outcome.name(),
+            generations(r),
             r.duration_ms as f64 / 1000.0,
             clean(&detail)
         ));

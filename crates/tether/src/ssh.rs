@@ -102,9 +102,28 @@ impl SshTarget {
         o
     }
 
+    /// Opens the shared connection ahead of use (its key exchange and
+    /// pinned-key check then overlap other work). Failures are ignored here:
+    /// the preflight reports them properly.
+    pub async fn warm_up(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            child_command("ssh")
+                .args(self.options(Conn::Shared))
+                .arg(self.host.address.to_string())
+                .arg("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status(),
+        )
+        .await;
+    }
+
     /// Closes the shared connection (end of a run).
     pub async fn close(&self) {
-        let _ = Command::new("ssh")
+        let _ = child_command("ssh")
             .args(self.options(Conn::Shared))
             .args(["-O", "exit"])
             .arg(self.host.address.to_string())
@@ -129,6 +148,15 @@ impl SshTarget {
             RemoteError::Unreachable(tail)
         }
     }
+}
+
+/// A command for a child process of tether's: in its own process group, so
+/// a Ctrl-C at the terminal reaches tether (which decides what stops) and
+/// does not cut the SSH sessions of hosts in flight.
+fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.process_group(0);
+    c
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -160,7 +188,7 @@ impl Target for SshTarget {
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
     ) -> Result<ScriptOutput, RemoteError> {
-        let mut child = Command::new("ssh")
+        let mut child = child_command("ssh")
             .args(self.options(conn))
             .arg(self.host.address.to_string())
             // The remote login shell runs this; `sh -c` makes the script's
@@ -210,7 +238,7 @@ impl Target for SshTarget {
     }
 
     async fn copy(&self, path: &StorePath, timeout: Duration) -> Result<(), RemoteError> {
-        let mut cmd = Command::new(&self.nix_program);
+        let mut cmd = child_command(&self.nix_program);
         cmd.args(["--extra-experimental-features", "nix-command flakes"])
             .args(["copy", "--no-check-sigs"]);
         if self.substitute_on_destination {

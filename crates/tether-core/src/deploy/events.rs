@@ -65,6 +65,7 @@ pub enum EventKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     pub host: HostName,
     /// Milliseconds since the run started.

@@ -1,36 +1,243 @@
-//! Deploying many hosts at once: each host's safe switch runs as its own
-//! future, at most `parallel` in flight, and a host starts as soon as a slot
-//! frees (no lock-step waves).
+//! Rolling a fleet out: stages from the [`RolloutPlan`] (canaries first,
+//! then batches), each host's safe switch as its own future, at most
+//! `parallel` in flight, a host starting as soon as a slot frees (no
+//! lock-step waves inside a stage). A stage ends before the next begins.
+//!
+//! The rollout stops starting hosts when a canary fails, when more hosts
+//! failed than `maxFailures` allows, or when it is interrupted (Ctrl-C);
+//! hosts in flight finish (confirmed or rolled back) and the rest are
+//! reported `skipped`, untouched. With `revertOnFailure`, hosts this run
+//! confirmed are then switched back to their old system, newest first, with
+//! the same safe switch.
 
-use super::host::{run_host, HostJob};
-use super::outcome::HostReport;
+use super::events::{Event, EventKind};
+use super::host::{run_host, HostJob, SystemSource};
+use super::outcome::{HostReport, Outcome};
 use super::ports::{Clock, Reporter, Target};
 use crate::checks::Probe;
+use crate::inventory::StorePath;
+use crate::remote::{PersistMode, Token};
+use crate::rollout::RolloutPlan;
 use futures::stream::{self, StreamExt};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Clone, Copy)]
-pub struct FleetOptions {
-    /// Upper bound on hosts in flight (at least 1).
-    pub parallel: usize,
+/// What a rollout needs besides the jobs.
+pub struct Rollout<'a> {
+    pub plan: &'a RolloutPlan,
+    /// Set from outside (the first Ctrl-C): start no new host.
+    pub interrupted: &'a AtomicBool,
+    /// A fresh token for each revert trial.
+    pub new_token: &'a dyn Fn() -> Option<Token>,
 }
 
-/// Deploys every job and returns the reports in the jobs' order.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs the rollout and returns one report per job, in the jobs' order.
 pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     jobs: Vec<(HostJob, T)>,
+    rollout: Rollout<'_>,
     probe: &P,
-    options: FleetOptions,
     clock: &C,
     reporter: &R,
 ) -> Vec<HostReport> {
     let run_started = clock.now();
     let order: Vec<_> = jobs.iter().map(|(job, _)| job.host.clone()).collect();
-    let mut reports: Vec<HostReport> = stream::iter(jobs)
-        .map(|(job, target)| async move {
-            run_host(&job, &target, probe, clock, reporter, run_started).await
-        })
-        .buffer_unordered(options.parallel.max(1))
-        .collect()
-        .await;
+    let plan = rollout.plan;
+    let mut pending: Vec<Option<(HostJob, T)>> = jobs.into_iter().map(Some).collect();
+    let failures = Cell::new(0usize);
+    let stop: RefCell<Option<String>> = RefCell::new(None);
+    let confirmed_in_order: RefCell<Vec<usize>> = RefCell::new(Vec::new());
+    let mut done: Vec<(HostReport, HostJob, Option<T>)> = Vec::new();
+
+    let stop_reason = || -> Option<String> {
+        if rollout.interrupted.load(Ordering::SeqCst) {
+            return Some("not started: the rollout was interrupted".into());
+        }
+        stop.borrow().clone()
+    };
+
+    for stage in &plan.stages {
+        let stage_jobs: Vec<(HostJob, T)> = stage
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let i = order.iter().position(|o| o == h)?;
+                pending.get_mut(i)?.take()
+            })
+            .collect();
+        let results: Vec<(HostReport, HostJob, Option<T>)> = stream::iter(stage_jobs)
+            .map(|(job, target)| {
+                let stop_reason = &stop_reason;
+                let failures = &failures;
+                let stop = &stop;
+                let confirmed_in_order = &confirmed_in_order;
+                let order = &order;
+                async move {
+                    // Checked when the host gets its slot, not when queued.
+                    if let Some(reason) = stop_reason() {
+                        let report = skipped(&job, reason, clock, reporter, run_started);
+                        return (report, job, Some(target));
+                    }
+                    let report = run_host(&job, &target, probe, clock, reporter, run_started).await;
+                    if report.outcome.is_success() {
+                        if matches!(report.outcome, Outcome::Confirmed { .. }) {
+                            if let Some(i) = order.iter().position(|h| h == &job.host) {
+                                confirmed_in_order.borrow_mut().push(i);
+                            }
+                        }
+                    } else {
+                        failures.set(failures.get() + 1);
+                        let mut stop = stop.borrow_mut();
+                        if stop.is_none() {
+                            if stage.canary {
+                                *stop = Some(format!(
+                                    "not started: canary {} did not succeed ({})",
+                                    job.host,
+                                    report.outcome.name()
+                                ));
+                            } else if let Some(max) = plan.max_failures {
+                                if failures.get() > max {
+                                    *stop = Some(format!(
+                                        "not started: {} host(s) failed, more than maxFailures = {max}",
+                                        failures.get()
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    (report, job, Some(target))
+                }
+            })
+            .buffer_unordered(plan.parallel.max(1))
+            .collect()
+            .await;
+        done.extend(results);
+    }
+    // Hosts in no stage (should not happen) are skipped rather than lost.
+    for (job, target) in pending.into_iter().flatten() {
+        let report = skipped(
+            &job,
+            "not started: in no rollout stage".into(),
+            clock,
+            reporter,
+            run_started,
+        );
+        done.push((report, job, Some(target)));
+    }
+
+    if plan.revert_on_failure && failures.get() > 0 {
+        let cause = format!("{} host(s) failed in this rollout", failures.get());
+        let newest_first: Vec<usize> = confirmed_in_order.borrow().iter().rev().copied().collect();
+        for i in newest_first {
+            let Some(entry) = done
+                .iter_mut()
+                .find(|(r, _, _)| order.get(i) == Some(&r.host))
+            else {
+                continue;
+            };
+            let (report, job, target) = entry;
+            let Some(target) = target.as_ref() else {
+                continue;
+            };
+            report.outcome = revert(
+                report,
+                job,
+                target,
+                &cause,
+                &rollout,
+                probe,
+                clock,
+                reporter,
+                run_started,
+            )
+            .await;
+        }
+    }
+
+    let mut reports: Vec<HostReport> = done.into_iter().map(|(r, _, _)| r).collect();
     reports.sort_by_key(|r| order.iter().position(|h| h == &r.host));
     reports
+}
+
+fn skipped<C: Clock, R: Reporter + ?Sized>(
+    job: &HostJob,
+    reason: String,
+    clock: &C,
+    reporter: &R,
+    run_started: std::time::Duration,
+) -> HostReport {
+    let outcome = Outcome::Skipped { reason };
+    reporter.event(Event {
+        host: job.host.clone(),
+        elapsed_ms: millis(clock.now().saturating_sub(run_started)),
+        kind: EventKind::Outcome {
+            outcome: outcome.clone(),
+        },
+    });
+    HostReport {
+        host: job.host.clone(),
+        outcome,
+        old_system: None,
+        old_generation: None,
+        new_system: job.new_system.to_string(),
+        duration_ms: 0,
+    }
+}
+
+/// Switches a host this run confirmed back to the system it ran before,
+/// with the same safe switch; returns the host's final outcome.
+#[allow(clippy::too_many_arguments)]
+async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
+    report: &HostReport,
+    job: &HostJob,
+    target: &T,
+    cause: &str,
+    rollout: &Rollout<'_>,
+    probe: &P,
+    clock: &C,
+    reporter: &R,
+    run_started: std::time::Duration,
+) -> Outcome {
+    let (Some(old), Some(token), Some(id)) = (
+        report.old_system.as_deref().and_then(StorePath::new),
+        (rollout.new_token)(),
+        job.deploy_id.derived("revert"),
+    ) else {
+        return Outcome::Unhealthy {
+            reason: format!(
+                "confirmed, but could not be reverted after {cause} (no previous system known)"
+            ),
+        };
+    };
+    let revert_job = HostJob {
+        new_system: old,
+        // Built for this host already: no architecture to compare.
+        platform: None,
+        goal: crate::remote::Goal::Switch,
+        deploy_id: id,
+        token,
+        source: SystemSource::OnTarget,
+        persist: PersistMode::SetProfile,
+        reboot: None,
+        ..job.clone()
+    };
+    let r = run_host(&revert_job, target, probe, clock, reporter, run_started).await;
+    match r.outcome {
+        Outcome::Confirmed { .. } | Outcome::Unchanged => Outcome::RolledBack {
+            reason: format!("reverted to its previous system because {cause} (revertOnFailure)"),
+        },
+        Outcome::Unknown { reason } => Outcome::Unknown {
+            reason: format!("reverting after {cause}: {reason}"),
+        },
+        other => Outcome::Unhealthy {
+            reason: format!(
+                "still on the new system: reverting after {cause} ended {}: {}",
+                other.name(),
+                other.reason().unwrap_or("")
+            ),
+        },
+    }
 }

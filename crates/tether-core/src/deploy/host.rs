@@ -98,6 +98,8 @@ struct Run<'a, T, P, C, R: ?Sized> {
     clock: &'a C,
     reporter: &'a R,
     run_started: Duration,
+    /// The profile generation the preflight found.
+    old_generation: std::cell::Cell<Option<u32>>,
 }
 
 /// How the trial (activation and confirmation) ended.
@@ -132,6 +134,7 @@ pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         clock,
         reporter,
         run_started,
+        old_generation: std::cell::Cell::new(None),
     };
     let (outcome, old) = run.deploy().await;
     run.emit(EventKind::Outcome {
@@ -141,6 +144,7 @@ pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         host: job.host.clone(),
         outcome,
         old_system: old,
+        old_generation: run.old_generation.get(),
         new_system: job.new_system.to_string(),
         duration_ms: millis(clock.now().saturating_sub(started)),
     }
@@ -198,6 +202,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             Err(outcome) => return (outcome, None),
         };
         let old = facts.current_system.clone();
+        self.old_generation.set(facts.profile_generation);
         let Some(old_path) = old.as_deref().and_then(StorePath::new) else {
             return (
                 Outcome::Refused {

@@ -12,7 +12,7 @@ pub mod ports;
 mod tests;
 
 pub use events::{Event, EventKind, Phase};
-pub use fleet::{run_fleet, FleetOptions};
+pub use fleet::{run_fleet, Rollout};
 pub use host::{run_host, HostJob, Timeouts};
 pub use outcome::{HostReport, Outcome};
 pub use ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};

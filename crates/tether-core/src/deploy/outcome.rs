@@ -95,8 +95,22 @@ pub struct HostReport {
     #[serde(flatten)]
     pub outcome: Outcome,
     pub old_system: Option<String>,
+    /// The profile generation before the deploy, when it was read.
+    pub old_generation: Option<u32>,
     pub new_system: String,
     pub duration_ms: u64,
+}
+
+impl HostReport {
+    /// The profile generation after the deploy, when it changed.
+    pub fn new_generation(&self) -> Option<u32> {
+        match &self.outcome {
+            Outcome::Confirmed { generation, .. } | Outcome::BootDefaultSet { generation } => {
+                *generation
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The process exit code for a set of outcomes: 0 all succeeded, 3 any

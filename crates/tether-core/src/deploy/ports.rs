@@ -63,6 +63,28 @@ pub trait Target {
     ) -> impl Future<Output = Result<(), RemoteError>>;
 }
 
+/// A shared reference to a target is a target (the fleet runner owns its
+/// targets; callers may lend them).
+impl<T: Target + ?Sized> Target for &T {
+    fn run(
+        &self,
+        script: &str,
+        conn: Conn,
+        timeout: Duration,
+        on_line: Option<&dyn Fn(&str)>,
+    ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
+        (**self).run(script, conn, timeout, on_line)
+    }
+
+    fn copy(
+        &self,
+        path: &StorePath,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), RemoteError>> {
+        (**self).copy(path, timeout)
+    }
+}
+
 /// Monotonic time, replaceable in tests.
 pub trait Clock {
     /// Time since an arbitrary fixed origin.

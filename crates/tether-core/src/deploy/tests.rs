@@ -116,6 +116,11 @@ impl Target for Fake {
         self.scripts.borrow_mut().push(script.to_string());
         let hang = kind == "activate" && self.activation == Activation::Hang;
         let result = match kind {
+            // After a persisted deploy the host runs (and boots) the new system.
+            "preflight" if self.called("persist") => self
+                .preflight
+                .clone()
+                .and_then(|s| ok(&s.replace(&format!("={OLD}"), &format!("={NEW}")))),
             "preflight" => self.preflight.clone().and_then(|s| ok(&s)),
             "arm" => ok("arm=armed\n"),
             "activate" => match self.activation {
@@ -668,6 +673,7 @@ fn exit_codes_tell_success_failure_and_unknown_apart() {
         host: "h".parse().unwrap(),
         outcome,
         old_system: None,
+        old_generation: None,
         new_system: NEW.into(),
         duration_ms: 0,
     };
@@ -712,4 +718,193 @@ fn a_system_already_on_the_target_is_not_copied_and_switches_generation() {
         .borrow()
         .iter()
         .any(|s| s.contains("--switch-generation 2")));
+}
+
+mod rollout {
+    use super::*;
+    use crate::inventory::HostName;
+    use crate::rollout::{plan_stages, BatchSize, RolloutSettings};
+    use std::sync::atomic::AtomicBool;
+
+    fn host_job(name: &str) -> HostJob {
+        let mut j = job(Goal::Switch);
+        j.host = name.parse().unwrap();
+        j
+    }
+
+    fn broken() -> Fake {
+        Fake {
+            activation: Activation::Exit(4),
+            inspect: RefCell::new(
+                vec![Ok(format!(
+                    "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=x\ninspect=done\n"
+                ))]
+                .into(),
+            ),
+            ..Fake::healthy()
+        }
+    }
+
+    /// Runs `fakes` (host1..hostN) under the given settings.
+    fn roll(
+        fakes: Vec<Fake>,
+        settings: RolloutSettings,
+        canaries: &[&str],
+    ) -> (Vec<HostReport>, Vec<Fake>) {
+        let n = fakes.len();
+        let names: Vec<HostName> = (1..=n)
+            .map(|i| format!("host{i}").parse().unwrap())
+            .collect();
+        let canaries: Vec<HostName> = canaries.iter().map(|c| c.parse().unwrap()).collect();
+        let plan = plan_stages(&names, &canaries, &settings);
+        let interrupted = AtomicBool::new(false);
+        let token = || Token::new("fedcba9876543210fedcba9876543210");
+        let clock = VirtualClock::default();
+        let rec = Recorder::default();
+        let jobs: Vec<(HostJob, &Fake)> = fakes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (host_job(&format!("host{}", i + 1)), f))
+            .collect();
+        let reports = futures::executor::block_on(run_fleet(
+            jobs,
+            Rollout {
+                plan: &plan,
+                interrupted: &interrupted,
+                new_token: &token,
+            },
+            &FakeProbe::default(),
+            &clock,
+            &rec,
+        ));
+        (reports, fakes)
+    }
+
+    fn outcomes(reports: &[HostReport]) -> Vec<&'static str> {
+        reports.iter().map(|r| r.outcome.name()).collect()
+    }
+
+    #[test]
+    fn a_failing_canary_stops_the_rollout_and_the_rest_are_skipped_untouched() {
+        let (reports, fakes) = roll(
+            vec![broken(), Fake::healthy(), Fake::healthy()],
+            RolloutSettings::default(),
+            &["host1"],
+        );
+        assert_eq!(outcomes(&reports), ["rolled-back", "skipped", "skipped"]);
+        assert!(fakes[1].calls.borrow().is_empty() && fakes[2].calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn max_failures_zero_stops_after_the_first_failure_in_a_batch() {
+        let (reports, _) = roll(
+            vec![
+                Fake::healthy(),
+                Fake::healthy(),
+                broken(),
+                Fake::healthy(),
+                Fake::healthy(),
+            ],
+            RolloutSettings {
+                batch: Some(BatchSize::Count(2)),
+                max_failures: Some(0),
+                parallel: Some(1),
+                ..Default::default()
+            },
+            &["host1"],
+        );
+        assert_eq!(
+            outcomes(&reports),
+            [
+                "confirmed",
+                "confirmed",
+                "rolled-back",
+                "skipped",
+                "skipped"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_limit_every_host_is_tried() {
+        let (reports, _) = roll(
+            vec![broken(), Fake::healthy(), broken()],
+            RolloutSettings::default(),
+            &[],
+        );
+        assert_eq!(
+            outcomes(&reports),
+            ["rolled-back", "confirmed", "rolled-back"]
+        );
+    }
+
+    /// A healthy host that can also confirm a second trial (the revert).
+    fn revertible() -> Fake {
+        let f = Fake::healthy();
+        f.confirm.borrow_mut().push_back(Ok(format!(
+            "machine_id=m1\ncurrent={OLD}\nboot_id=boot1\nconfirm=confirmed\nstate=confirmed\n"
+        )));
+        f
+    }
+
+    #[test]
+    fn revert_on_failure_switches_confirmed_hosts_back_newest_first() {
+        let (reports, fakes) = roll(
+            vec![revertible(), revertible(), broken()],
+            RolloutSettings {
+                batch: Some(BatchSize::Count(1)),
+                max_failures: Some(0),
+                revert_on_failure: Some(true),
+                ..Default::default()
+            },
+            &[],
+        );
+        assert_eq!(
+            outcomes(&reports),
+            ["rolled-back", "rolled-back", "rolled-back"]
+        );
+        assert!(reports[0]
+            .outcome
+            .reason()
+            .unwrap()
+            .contains("revertOnFailure"));
+        // The revert re-used the host's own old system: nothing copied again.
+        let copies = fakes[0]
+            .calls
+            .borrow()
+            .iter()
+            .filter(|(c, _)| c == "copy")
+            .count();
+        assert_eq!(copies, 1);
+        for f in &fakes[..2] {
+            assert!(f.scripts.borrow().iter().any(|s| s.contains("-revert")));
+            assert!(f
+                .scripts
+                .borrow()
+                .iter()
+                .any(|s| s.contains("--pipe --wait") && s.contains(OLD)));
+        }
+    }
+
+    #[test]
+    fn an_interrupted_rollout_starts_no_new_host() {
+        let names: Vec<HostName> = vec!["host1".parse().unwrap()];
+        let plan = plan_stages(&names, &[], &RolloutSettings::default());
+        let interrupted = AtomicBool::new(true);
+        let token = || None;
+        let fake = Fake::healthy();
+        let reports = futures::executor::block_on(run_fleet(
+            vec![(host_job("host1"), &fake)],
+            Rollout {
+                plan: &plan,
+                interrupted: &interrupted,
+                new_token: &token,
+            },
+            &FakeProbe::default(),
+            &VirtualClock::default(),
+            &Recorder::default(),
+        ));
+        assert_eq!(outcomes(&reports), ["skipped"]);
+        assert!(fake.calls.borrow().is_empty());
+    }
 }

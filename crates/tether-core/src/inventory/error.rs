@@ -94,6 +94,8 @@ pub enum Problem {
         kind: &'static str,
         fields: &'static str,
     },
+    #[error("{0}")]
+    InvalidRollout(String),
     #[error("{address} port {port} is also used by host {other:?}")]
     DuplicateAddress {
         address: String,

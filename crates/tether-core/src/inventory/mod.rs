@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::checks::HostChecks;
+use crate::rollout::{BatchSize, CanarySpec, RolloutSettings};
 
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use host_key::{HostKey, HostKeyError, KeyType};
@@ -86,9 +87,17 @@ impl Host {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inventory {
     hosts: Vec<Host>,
+    rollout: RolloutSettings,
 }
 
-const TETHER_FIELDS: &[&str] = &["defaults", "hosts"];
+const TETHER_FIELDS: &[&str] = &["defaults", "hosts", "rollout"];
+const ROLLOUT_FIELDS: &[&str] = &[
+    "canary",
+    "batch",
+    "parallel",
+    "maxFailures",
+    "revertOnFailure",
+];
 const HOST_ONLY_FIELDS: &[&str] = &["address", "hostKey", "machineId", "configuration"];
 
 /// Every field a host accepts: its own plus the shared [`Settings`].
@@ -114,7 +123,15 @@ impl Inventory {
     /// tools); hosts are sorted by name.
     pub fn new(mut hosts: Vec<Host>) -> Self {
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        Inventory { hosts }
+        Inventory {
+            hosts,
+            rollout: RolloutSettings::default(),
+        }
+    }
+
+    /// The inventory's `rollout` policy (flags override it).
+    pub fn rollout(&self) -> &RolloutSettings {
+        &self.rollout
     }
 
     pub fn hosts(&self) -> &[Host] {
@@ -143,6 +160,10 @@ impl Inventory {
         };
         let defaults_value = top.take("defaults");
         let hosts_value = top.take("hosts");
+        let rollout = match top.take("rollout") {
+            Some(value) => read_rollout(&mut top, value),
+            None => RolloutSettings::default(),
+        };
         if hosts_value.is_none() {
             top.error("hosts", Problem::Missing);
         }
@@ -182,11 +203,97 @@ impl Inventory {
 
         check_duplicate_addresses(&hosts, &mut errors);
         if errors.is_empty() {
-            Ok(Inventory::new(hosts))
+            let mut inventory = Inventory::new(hosts);
+            inventory.rollout = rollout;
+            Ok(inventory)
         } else {
             Err(errors)
         }
     }
+}
+
+/// `tether.rollout = { canary = 1 | "@canary"; batch = 3 | "25%"; parallel;
+/// maxFailures; revertOnFailure; }`.
+fn read_rollout(top: &mut Fields<'_>, value: Value) -> RolloutSettings {
+    let mut settings = RolloutSettings::default();
+    let Some(mut f) = top.nested("rollout", value, ROLLOUT_FIELDS) else {
+        return settings;
+    };
+    let count = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+    match f.take("canary") {
+        None => {}
+        Some(v @ Value::Number(_)) => match count(&v) {
+            Some(n) => settings.canary = Some(CanarySpec::Count(n)),
+            None => f.error(
+                "canary",
+                Problem::InvalidRollout(format!("{v} is not a count of hosts")),
+            ),
+        },
+        Some(Value::String(s)) => match s.parse::<Selector>() {
+            Ok(sel) => settings.canary = Some(CanarySpec::Selector(sel)),
+            Err(e) => f.error(
+                "canary",
+                Problem::InvalidRollout(format!("{s:?} is not a selector: {e}")),
+            ),
+        },
+        Some(other) => f.error(
+            "canary",
+            Problem::WrongType {
+                expected: "a count or a selector string",
+                found: describe(&other),
+            },
+        ),
+    }
+    match f.take("batch") {
+        None => {}
+        Some(Value::Number(n)) => match n.to_string().parse::<BatchSize>() {
+            Ok(b) => settings.batch = Some(b),
+            Err(e) => f.error("batch", Problem::InvalidRollout(e)),
+        },
+        Some(Value::String(s)) => match s.parse::<BatchSize>() {
+            Ok(b) => settings.batch = Some(b),
+            Err(e) => f.error("batch", Problem::InvalidRollout(e)),
+        },
+        Some(other) => f.error(
+            "batch",
+            Problem::WrongType {
+                expected: "a count or a percentage string",
+                found: describe(&other),
+            },
+        ),
+    }
+    if let Some(v) = f.take("parallel") {
+        match count(&v) {
+            Some(n) if n >= 1 => settings.parallel = Some(n),
+            _ => f.error(
+                "parallel",
+                Problem::InvalidRollout(format!("{v} is not a count of at least 1")),
+            ),
+        }
+    }
+    if let Some(v) = f.take("maxFailures") {
+        match count(&v) {
+            Some(n) => settings.max_failures = Some(n),
+            None => f.error(
+                "maxFailures",
+                Problem::InvalidRollout(format!("{v} is not a count")),
+            ),
+        }
+    }
+    if let Some(v) = f.take("revertOnFailure") {
+        match v {
+            Value::Bool(b) => settings.revert_on_failure = Some(b),
+            other => f.error(
+                "revertOnFailure",
+                Problem::WrongType {
+                    expected: "a boolean",
+                    found: describe(&other),
+                },
+            ),
+        }
+    }
+    f.finish();
+    settings
 }
 
 fn read_defaults(value: Value, errors: &mut InventoryErrors) -> Settings {

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use super::error::suggest;
 use super::{Host, HostName, Inventory, Tag};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Term {
     Name(HostName),
     Glob(glob::Pattern),
@@ -28,7 +28,7 @@ impl Term {
 }
 
 /// A parsed `--on` selector.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
     terms: Vec<Term>,
 }
@@ -79,6 +79,13 @@ pub enum SelectorError {
 fn join_unmatched(list: &[Unmatched]) -> String {
     let parts: Vec<String> = list.iter().map(ToString::to_string).collect();
     format!("selector: {}", parts.join("; "))
+}
+
+impl Selector {
+    /// Whether one host is selected.
+    pub fn matches_host(&self, host: &Host) -> bool {
+        self.terms.iter().any(|t| t.matches(host))
+    }
 }
 
 impl FromStr for Selector {

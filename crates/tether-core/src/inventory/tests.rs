@@ -499,3 +499,35 @@ fn system_check_settings_are_validated() {
     assert!(single_error(with(web1(), "checkTimeout", json!(0)))
         .contains("0 seconds is out of range (1..3600)"));
 }
+
+#[test]
+fn rollout_policy_is_read_and_checked() {
+    let tether = json!({
+        "hosts": {"web1": web1()},
+        "rollout": {"canary": "@canary", "batch": "25%", "parallel": 4, "maxFailures": 0, "revertOnFailure": true}
+    });
+    let inv = Inventory::from_eval(doc(tether)).expect("valid");
+    let r = inv.rollout();
+    assert_eq!(r.batch, Some(crate::rollout::BatchSize::Percent(25)));
+    assert_eq!(
+        (r.parallel, r.max_failures, r.revert_on_failure),
+        (Some(4), Some(0), Some(true))
+    );
+    assert!(matches!(
+        r.canary,
+        Some(crate::rollout::CanarySpec::Selector(_))
+    ));
+    let errors = errors_of(json!({
+        "hosts": {"web1": web1()},
+        "rollout": {"batch": "0%", "parallel": 0, "revertOnFailure": "yes", "canarys": 1}
+    }))
+    .join("\n");
+    for field in [
+        "rollout.batch",
+        "rollout.parallel",
+        "rollout.revertOnFailure",
+        "rollout.canarys",
+    ] {
+        assert!(errors.contains(field), "{field} not named in: {errors}");
+    }
+}

@@ -8,6 +8,7 @@
 //! trial it describes is), the deploy lock is the directory `/run/tether/lock`,
 //! and an append-only journal is kept in `/var/lib/tether/journal`.
 
+pub mod plan;
 pub mod status;
 
 use crate::inventory::StorePath;
@@ -42,6 +43,14 @@ impl DeployId {
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A related id for a follow-up trial of the same run (`<id>-revert`).
+    pub fn derived(&self, suffix: &str) -> Option<DeployId> {
+        let id = format!("{}-{suffix}", self.0);
+        id.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            .then_some(DeployId(id))
     }
 }
 
@@ -188,6 +197,7 @@ echo "arch=$(uname -m)"
 echo "current=$(readlink -f /run/current-system 2>/dev/null)"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
 echo "profile=$(readlink -f {profile} 2>/dev/null)"
+echo "profile_link=$(readlink {profile} 2>/dev/null)"
 echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
 for t in systemd-run systemctl flock nix-env nix-store readlink; do
     command -v "$t" >/dev/null 2>&1 || echo "missing=$t"
@@ -219,6 +229,8 @@ pub struct Facts {
     pub current_system: Option<String>,
     pub booted_system: Option<String>,
     pub profile_system: Option<String>,
+    /// The system profile's generation number (`system-N-link`).
+    pub profile_generation: Option<u32>,
     pub boot_id: String,
     /// Tools the safe switch needs that the host lacks.
     pub missing_tools: Vec<String>,
@@ -244,6 +256,14 @@ impl Facts {
 #[error("unexpected output from the target ({0})")]
 pub struct ParseError(pub String);
 
+/// `system-42-link` → 42.
+pub fn generation_number(link: &str) -> Option<u32> {
+    link.strip_prefix("system-")?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
+}
+
 pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
     let f = parse_fields(stdout);
     if first(&f, "preflight") != Some("done") {
@@ -256,6 +276,7 @@ pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
         current_system: first(&f, "current").map(str::to_string),
         booted_system: first(&f, "booted").map(str::to_string),
         profile_system: first(&f, "profile").map(str::to_string),
+        profile_generation: first(&f, "profile_link").and_then(generation_number),
         boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
         missing_tools: f.get("missing").cloned().unwrap_or_default(),
         busy_with: first(&f, "busy").map(str::to_string),

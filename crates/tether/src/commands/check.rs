@@ -17,11 +17,11 @@ use crate::probe::LocalProbe;
 use crate::report::{HumanReporter, JsonReporter};
 use crate::ssh::SshTarget;
 
-/// Run the selected hosts' health checks (docs/checks.md) against the
-/// systems they run now, without deploying. Each check is retried until the
-/// host's checkTimeout. Exits 0 when every check passes, 1 when any fails.
-/// With no deploy there is no "before", so failedUnits = "new" counts every
-/// failed unit.
+/// Run the selected hosts' health checks (docs/checks.md) against the systems they run now, without deploying
+///
+/// Each check is retried until the host's checkTimeout. Exits 0 when every
+/// check passes, 1 when any fails. With no deploy there is no "before", so
+/// failedUnits = "new" counts every failed unit.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print every check attempt and a summary as NDJSON on stdout

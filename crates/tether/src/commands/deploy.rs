@@ -1,59 +1,103 @@
 //! `tether deploy`: evaluate and build the selected hosts' systems (one Nix
-//! evaluation, one build), then run the safe switch on each host, up to
-//! `--parallel` at once, and report one outcome per host.
+//! evaluation, one build), then roll them out with the safe switch on each
+//! host: canaries first, then batches, at most `--parallel` at once.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use tether_core::checks::CheckTarget;
 use tether_core::deploy::host::SystemSource;
-use tether_core::deploy::{run_fleet, FleetOptions, HostJob, Reporter, Timeouts};
-use tether_core::inventory::{Host, StorePath, TimeoutSettings};
-use tether_core::remote::{DeployId, Goal, PersistMode, Token};
+use tether_core::deploy::{HostJob, Timeouts};
+use tether_core::inventory::{Host, Inventory, StorePath, TimeoutSettings};
+use tether_core::remote::{DeployId, Goal, PersistMode};
+use tether_core::rollout::{
+    plan_stages, resolve_canaries, BatchSize, CanarySpec, RolloutPlan, RolloutSettings,
+};
 
 use crate::cli::Context;
-use crate::clock::TokioClock;
 use crate::exit::CommandError;
-use crate::probe::LocalProbe;
-use crate::report::{summary_table, HumanReporter, JsonReporter, Summary};
+use crate::runner::{self, Prepared, RunOptions};
 use crate::ssh::SshTarget;
 
-/// Deploy the selected hosts with the safe switch: identity check, copy,
-/// guard armed, activation on trial, confirmation over a fresh SSH
-/// connection, then persist. A host that fails its health checks
-/// (docs/checks.md) or cannot be confirmed rolls itself back.
+/// Deploy the selected hosts with the safe switch
+///
+/// Identity check, copy,
+/// guard armed, activation on trial, health checks, confirmation over a
+/// fresh SSH connection, then persist. A host that cannot be confirmed rolls
+/// itself back. Exit: 0 all confirmed or unchanged, 1 some refused, failed,
+/// rolled back or skipped, 2 usage or inventory error, 3 some unknown.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// switch: safe switch, then persist as profile and boot default;
     /// test: safe switch, not persisted; boot: only set profile and boot
     /// default; dry-activate: show what activation would do
     #[arg(long, default_value = "switch", value_parser = parse_goal)]
-    goal: Goal,
-    /// Most hosts deployed at once
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
-    parallel: u16,
+    pub goal: Goal,
     /// Print events as NDJSON on stdout (docs/events.md)
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Let targets fetch what they can from their own substituters
     #[arg(long)]
-    substitute_on_destination: bool,
-    /// Seconds switch-to-configuration may run [default: 300, or the inventory's]
+    pub substitute_on_destination: bool,
+    /// Change nothing: show what would change (same as `tether plan`)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: copy closures so the real dry-activate can run
+    #[arg(long, requires = "dry_run")]
+    pub copy: bool,
+    /// Reboot each host after persisting; wait up to --reboot-timeout for it
+    /// to come back on the new system and pass its checks
+    #[arg(long)]
+    pub reboot: bool,
+    /// Seconds to wait for a rebooted host [default: 300]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    activation_timeout: Option<u64>,
+    pub reboot_timeout: Option<u64>,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// Rollout policy flags; they override the inventory's `rollout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Hosts deployed and confirmed first: a count or a selector (`@canary`)
+    #[arg(long, value_name = "N|SELECTOR")]
+    pub canary: Option<String>,
+    /// Hosts per batch after the canaries: a count or a percentage (`25%`)
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<String>,
+    /// Most hosts in flight at once [default: 10]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: Option<u16>,
+    /// Stop starting hosts once more than N failed (0: at the first failure)
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<usize>,
+    /// On failure, switch hosts this run confirmed back to their old system
+    #[arg(long)]
+    pub revert_on_failure: bool,
+}
+
+/// Time limits; they override the inventory's `timeouts`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimeoutArgs {
+    /// Seconds switch-to-configuration may run [default: 300]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub activation_timeout: Option<u64>,
     /// Seconds the target waits for the deployer before rolling back by itself [default: 15]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=3_600))]
-    lease: Option<u64>,
+    pub lease: Option<u64>,
     /// Seconds to keep trying to confirm over fresh connections [default: 20]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    confirm_timeout: Option<u64>,
+    pub confirm_timeout: Option<u64>,
     /// Seconds, beyond the lease, to wait to hear a host rolled back before
     /// calling it unknown [default: 90]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    rollback_timeout: Option<u64>,
+    pub rollback_timeout: Option<u64>,
     /// Seconds a closure copy may take [default: 1800]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    copy_timeout: Option<u64>,
+    pub copy_timeout: Option<u64>,
 }
 
 fn parse_goal(s: &str) -> Result<Goal, String> {
@@ -61,7 +105,7 @@ fn parse_goal(s: &str) -> Result<Goal, String> {
 }
 
 /// Flags over the inventory's settings over tether's defaults.
-fn timeouts(args: &Args, host: &TimeoutSettings) -> Timeouts {
+pub fn timeouts(args: &TimeoutArgs, host: &TimeoutSettings) -> Timeouts {
     let d = Timeouts::default();
     let pick = |flag: Option<u64>, inv: Option<u64>, default: Duration| {
         flag.or(inv).map(Duration::from_secs).unwrap_or(default)
@@ -76,146 +120,45 @@ fn timeouts(args: &Args, host: &TimeoutSettings) -> Timeouts {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String, CommandError> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf)
-        .map_err(|e| CommandError::Usage(format!("no randomness for the deploy token: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn new_deploy_id() -> Result<DeployId, CommandError> {
-    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    DeployId::new(stamp.trim_end_matches('Z'), &random_hex(3)?)
-        .ok_or_else(|| CommandError::Usage("could not form a deploy id".into()))
-}
-
-enum AnyReporter {
-    Human(HumanReporter),
-    Json(JsonReporter),
-}
-
-impl Reporter for AnyReporter {
-    fn event(&self, event: tether_core::deploy::Event) {
-        match self {
-            AnyReporter::Human(r) => r.event(event),
-            AnyReporter::Json(r) => r.event(event),
-        }
-    }
-}
-
-pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
-    let (_inventory, hosts) = ctx.selected_hosts().await?;
-    let say = |msg: String| {
-        if !args.json {
-            eprintln!("{msg}");
-        }
+/// The rollout plan for the selected hosts: flags over the inventory.
+pub fn rollout_plan(
+    args: &RolloutArgs,
+    inventory: &Inventory,
+    hosts: &[Host],
+) -> Result<RolloutPlan, CommandError> {
+    let usage = |flag: &str, e: String| CommandError::Usage(format!("--{flag}: {e}"));
+    let flags = RolloutSettings {
+        canary: args
+            .canary
+            .as_deref()
+            .map(str::parse::<CanarySpec>)
+            .transpose()
+            .map_err(|e| usage("canary", e))?,
+        batch: args
+            .batch
+            .as_deref()
+            .map(str::parse::<BatchSize>)
+            .transpose()
+            .map_err(|e| usage("batch", e))?,
+        parallel: args.parallel.map(usize::from),
+        max_failures: args.max_failures,
+        revert_on_failure: args.revert_on_failure.then_some(true),
     };
-    say(format!("evaluating {} host(s)", hosts.len()));
+    let settings = flags.over(inventory.rollout());
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
-    let toplevels = ctx.nix.eval_toplevels(&ctx.source, &names).await?;
-    let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
-    drvs.sort();
-    drvs.dedup();
-    say(format!("building {} system(s)", drvs.len()));
-    let outs = ctx.nix.build(&drvs).await.map_err(CommandError::Build)?;
-    let built: BTreeMap<&StorePath, &StorePath> = drvs.iter().zip(outs.iter()).collect();
-
-    let deploy_id = new_deploy_id()?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("tether-")
-        .tempdir()
-        .map_err(CommandError::Output)?;
-    let mut jobs: Vec<(HostJob, SshTarget)> = Vec::new();
-    for (index, host) in hosts.iter().enumerate() {
-        let toplevel = toplevels.get(&host.name).ok_or_else(|| {
-            CommandError::Usage(format!(
-                "host {:?}: no system was evaluated",
-                host.name.as_str()
-            ))
-        })?;
-        let out = built
-            .get(&toplevel.drv_path)
-            .map(|p| (*p).clone())
-            .unwrap_or_else(|| toplevel.out_path.clone());
-        jobs.push((
-            job(&args, host, out, toplevel.system.clone(), &deploy_id)?,
-            target(ctx, &args, host, index, run_dir.path())?,
-        ));
+    let canaries = resolve_canaries(&names, settings.canary.as_ref(), |sel, name| {
+        inventory
+            .get(name.as_str())
+            .is_some_and(|h| sel.matches_host(h))
+    });
+    if let Some(CanarySpec::Selector(_)) = &settings.canary {
+        if canaries.is_empty() {
+            return Err(CommandError::Usage(
+                "the canary selector matches none of the selected hosts".into(),
+            ));
+        }
     }
-    let targets: Vec<SshTarget> = jobs.iter().map(|(_, t)| t.clone()).collect();
-
-    let reporter = if args.json {
-        AnyReporter::Json(JsonReporter::new())
-    } else {
-        AnyReporter::Human(HumanReporter::new())
-    };
-    say(format!(
-        "deploy {deploy_id}: {} host(s), goal {}",
-        jobs.len(),
-        args.goal.as_str()
-    ));
-    let clock = TokioClock::new();
-    let reports = run_fleet(
-        jobs,
-        &LocalProbe,
-        FleetOptions {
-            parallel: usize::from(args.parallel),
-        },
-        &clock,
-        &reporter,
-    )
-    .await;
-    for t in &targets {
-        t.close().await;
-    }
-    let code = tether_core::deploy::outcome::exit_code(&reports);
-    match &reporter {
-        AnyReporter::Json(r) => r.line(&Summary {
-            event: "summary",
-            deploy_id: deploy_id.as_str(),
-            exit_code: code,
-            hosts: &reports,
-        }),
-        AnyReporter::Human(_) => print!("{}", summary_table(&reports)),
-    }
-    let unknown = reports.iter().filter(|r| r.outcome.is_unknown()).count();
-    let failed = reports.iter().filter(|r| !r.outcome.is_success()).count();
-    match code {
-        0 => Ok(()),
-        3 => Err(CommandError::HostsUnknown(unknown)),
-        _ => Err(CommandError::HostsFailed(failed)),
-    }
-}
-
-fn job(
-    args: &Args,
-    host: &Host,
-    new_system: StorePath,
-    platform: Option<String>,
-    deploy_id: &DeployId,
-) -> Result<HostJob, CommandError> {
-    let token = Token::new(&random_hex(16)?)
-        .ok_or_else(|| CommandError::Usage("could not form a deploy token".into()))?;
-    Ok(HostJob {
-        host: host.name.clone(),
-        new_system,
-        platform,
-        machine_id: host.machine_id.as_ref().map(|m| m.as_str().to_string()),
-        goal: args.goal,
-        timeouts: timeouts(args, &host.timeouts),
-        deploy_id: deploy_id.clone(),
-        token,
-        check_target: check_target(host),
-        checks: host.checks.clone(),
-        deployer: crate::journal::deployer_identity(),
-        source: SystemSource::Copy,
-        persist: PersistMode::SetProfile,
-        reboot: None,
-    })
+    Ok(plan_stages(&names, &canaries, &settings))
 }
 
 /// Who a host's health checks are about.
@@ -227,19 +170,133 @@ pub fn check_target(host: &Host) -> CheckTarget {
     }
 }
 
-fn target(
+/// A host's job with everything but its system decided by the inventory
+/// and flags.
+pub fn base_job(
+    host: &Host,
+    new_system: StorePath,
+    goal: Goal,
+    timeouts: &TimeoutArgs,
+    deploy_id: &DeployId,
+) -> Result<HostJob, CommandError> {
+    Ok(HostJob {
+        host: host.name.clone(),
+        new_system,
+        platform: None,
+        machine_id: host.machine_id.as_ref().map(|m| m.as_str().to_string()),
+        goal,
+        timeouts: self::timeouts(timeouts, &host.timeouts),
+        deploy_id: deploy_id.clone(),
+        token: runner::new_token()
+            .ok_or_else(|| CommandError::Usage("could not form a deploy token".into()))?,
+        check_target: check_target(host),
+        checks: host.checks.clone(),
+        deployer: crate::journal::deployer_identity(),
+        source: SystemSource::Copy,
+        persist: PersistMode::SetProfile,
+        reboot: None,
+    })
+}
+
+/// An OpenSSH target for a host, its pinned key written into `run_dir`.
+pub fn ssh_target(
     ctx: &Context,
-    args: &Args,
     host: &Host,
     index: usize,
-    run_dir: &std::path::Path,
+    run_dir: &Path,
+    substitute_on_destination: bool,
 ) -> Result<SshTarget, CommandError> {
     SshTarget::new(
         host.clone(),
         index,
         run_dir,
         ctx.nix.program().clone(),
-        args.substitute_on_destination,
+        substitute_on_destination,
     )
     .map_err(CommandError::Output)
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
+    if args.dry_run {
+        let plan = crate::commands::plan::Args::for_dry_run(args.copy, args.json);
+        return crate::commands::plan::run(ctx, plan).await;
+    }
+    let (inventory, hosts) = ctx.selected_hosts().await?;
+    let plan = rollout_plan(&args.rollout, &inventory, &hosts)?;
+    let say = |msg: String| {
+        if !args.json {
+            eprintln!("{msg}");
+        }
+    };
+    let run_dir = tempfile::Builder::new()
+        .prefix("tether-")
+        .tempdir()
+        .map_err(CommandError::Output)?;
+    let targets: Vec<SshTarget> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| ssh_target(ctx, h, i, run_dir.path(), args.substitute_on_destination))
+        .collect::<Result<_, _>>()?;
+
+    say(format!("evaluating {} host(s)", hosts.len()));
+    let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
+    // Connecting (key exchange, pinned-key check) overlaps evaluation and
+    // build; the deploy then runs over these connections.
+    let warm = futures::future::join_all(targets.iter().map(SshTarget::warm_up));
+    let build = async {
+        let toplevels = ctx.nix.eval_toplevels(&ctx.source, &names).await?;
+        let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
+        drvs.sort();
+        drvs.dedup();
+        say(format!("building {} system(s)", drvs.len()));
+        let outs = ctx.nix.build(&drvs).await.map_err(CommandError::Build)?;
+        Ok::<_, CommandError>((toplevels, drvs, outs))
+    };
+    let (built, _) = tokio::join!(build, warm);
+    let (toplevels, drvs, outs) = built?;
+    let built: BTreeMap<&StorePath, &StorePath> = drvs.iter().zip(outs.iter()).collect();
+
+    let deploy_id = runner::new_deploy_id()?;
+    let reboot = args
+        .reboot
+        .then(|| Duration::from_secs(args.reboot_timeout.unwrap_or(300)));
+    let mut jobs = Vec::new();
+    for (host, target) in hosts.iter().zip(targets) {
+        let toplevel = toplevels.get(&host.name).ok_or_else(|| {
+            CommandError::Usage(format!(
+                "host {:?}: no system was evaluated",
+                host.name.as_str()
+            ))
+        })?;
+        let out = built
+            .get(&toplevel.drv_path)
+            .map(|p| (*p).clone())
+            .unwrap_or_else(|| toplevel.out_path.clone());
+        let mut job = base_job(host, out, args.goal, &args.timeouts, &deploy_id)?;
+        job.platform = toplevel.system.clone();
+        job.reboot = reboot;
+        jobs.push((job, target));
+    }
+    say(format!(
+        "deploy {deploy_id}: {} host(s) in {} stage(s), goal {}, at most {} at once",
+        jobs.len(),
+        plan.stages.len(),
+        args.goal.as_str(),
+        plan.parallel
+    ));
+    runner::execute(
+        ctx,
+        &deploy_id,
+        Prepared {
+            jobs,
+            decided: Vec::new(),
+        },
+        RunOptions {
+            command: "deploy",
+            goal: args.goal,
+            json: args.json,
+            plan,
+        },
+    )
+    .await
 }

@@ -3,4 +3,8 @@
 
 pub mod check;
 pub mod deploy;
+pub mod history;
 pub mod hosts;
+pub mod plan;
+pub mod rollback;
+pub mod status;

@@ -13,6 +13,8 @@ use tether_lab::{Lab, UpOptions};
 pub struct Fleet {
     pub lab: Lab,
     pub dir: PathBuf,
+    /// This fleet's deployer state (`TETHER_STATE_DIR`: the SQLite journal).
+    state: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -75,6 +77,7 @@ impl Fleet {
         Fleet {
             lab,
             dir,
+            state: tmp.path().join("state"),
             _tmp: tmp,
         }
     }
@@ -82,6 +85,11 @@ impl Fleet {
     /// Replaces the fleet's per-host overrides (`hosts.nix`).
     pub fn set_hosts(&self, nix: &str) {
         std::fs::write(self.dir.join("hosts.nix"), nix).unwrap();
+    }
+
+    /// The deployer's state directory every tether run of this fleet uses.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
     }
 
     pub fn flake(&self) -> String {
@@ -103,6 +111,8 @@ impl Fleet {
             .args(args)
             // No binary cache is reachable from the lab machine.
             .env("NIX_CONFIG", "substituters =")
+            // Never the user's own journal.
+            .env("TETHER_STATE_DIR", &self.state)
             .stdin(Stdio::null());
         c
     }

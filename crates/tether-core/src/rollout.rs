@@ -1,0 +1,265 @@
+//! Rollout policy: which hosts go first (canaries), in which batches the
+//! rest follow, how many run at once, and when the rollout stops. The
+//! inventory's `rollout` attribute and the deploy flags give the settings;
+//! [`plan_stages`] turns them into an ordered list of stages.
+
+use crate::inventory::{HostName, Selector};
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// How many hosts one batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BatchSize {
+    Count(usize),
+    /// A percentage of the hosts after the canaries, rounded up.
+    Percent(u8),
+}
+
+impl FromStr for BatchSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            match p.trim().parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(BatchSize::Percent(p)),
+                _ => Err(format!("{s:?} is not a percentage from 1% to 100%")),
+            }
+        } else {
+            match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(BatchSize::Count(n)),
+                _ => Err(format!(
+                    "{s:?} is not a batch size (a count of at least 1, or a percentage like 25%)"
+                )),
+            }
+        }
+    }
+}
+
+impl fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchSize::Count(n) => write!(f, "{n}"),
+            BatchSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Which hosts are canaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanarySpec {
+    /// The first N selected hosts (in name order).
+    Count(usize),
+    /// The selected hosts this selector matches.
+    Selector(Selector),
+}
+
+impl FromStr for CanarySpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.trim().parse::<usize>() {
+            return Ok(CanarySpec::Count(n));
+        }
+        s.parse::<Selector>()
+            .map(CanarySpec::Selector)
+            .map_err(|e| format!("{s:?} is neither a count nor a selector: {e}"))
+    }
+}
+
+/// The rollout settings as written (inventory or flags); all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutSettings {
+    pub canary: Option<CanarySpec>,
+    pub batch: Option<BatchSize>,
+    pub parallel: Option<usize>,
+    pub max_failures: Option<usize>,
+    pub revert_on_failure: Option<bool>,
+}
+
+impl RolloutSettings {
+    /// `self` (flags) over `base` (inventory), field by field.
+    pub fn over(self, base: &RolloutSettings) -> RolloutSettings {
+        RolloutSettings {
+            canary: self.canary.or_else(|| base.canary.clone()),
+            batch: self.batch.or(base.batch),
+            parallel: self.parallel.or(base.parallel),
+            max_failures: self.max_failures.or(base.max_failures),
+            revert_on_failure: self.revert_on_failure.or(base.revert_on_failure),
+        }
+    }
+}
+
+/// Default bound on hosts in flight.
+pub const DEFAULT_PARALLEL: usize = 10;
+
+/// The resolved policy for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPlan {
+    /// Stages in order: the canaries (if any) first, then the batches.
+    pub stages: Vec<Stage>,
+    pub parallel: usize,
+    /// The rollout stops starting hosts once more than this many failed;
+    /// `None`: never stops (a failing canary always stops it).
+    pub max_failures: Option<usize>,
+    pub revert_on_failure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    pub canary: bool,
+    pub hosts: Vec<HostName>,
+}
+
+/// Splits the selected hosts (in order) into stages. `canaries` are the
+/// hosts the canary setting resolved to (already restricted to `hosts`).
+pub fn plan_stages(
+    hosts: &[HostName],
+    canaries: &[HostName],
+    settings: &RolloutSettings,
+) -> RolloutPlan {
+    let mut stages = Vec::new();
+    if !canaries.is_empty() {
+        stages.push(Stage {
+            canary: true,
+            hosts: hosts
+                .iter()
+                .filter(|h| canaries.contains(h))
+                .cloned()
+                .collect(),
+        });
+    }
+    let rest: Vec<HostName> = hosts
+        .iter()
+        .filter(|h| !canaries.contains(h))
+        .cloned()
+        .collect();
+    let size = match settings.batch {
+        None => rest.len(),
+        Some(BatchSize::Count(n)) => n,
+        Some(BatchSize::Percent(p)) => (rest.len() * usize::from(p)).div_ceil(100),
+    }
+    .max(1);
+    for chunk in rest.chunks(size) {
+        stages.push(Stage {
+            canary: false,
+            hosts: chunk.to_vec(),
+        });
+    }
+    RolloutPlan {
+        stages,
+        parallel: settings.parallel.unwrap_or(DEFAULT_PARALLEL).max(1),
+        max_failures: settings.max_failures,
+        revert_on_failure: settings.revert_on_failure.unwrap_or(false),
+    }
+}
+
+/// Resolves the canary setting against the selected hosts (in order).
+pub fn resolve_canaries(
+    hosts: &[HostName],
+    spec: Option<&CanarySpec>,
+    matches: impl Fn(&Selector, &HostName) -> bool,
+) -> Vec<HostName> {
+    match spec {
+        None => Vec::new(),
+        Some(CanarySpec::Count(n)) => hosts.iter().take(*n).cloned().collect(),
+        Some(CanarySpec::Selector(sel)) => {
+            hosts.iter().filter(|h| matches(sel, h)).cloned().collect()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<HostName> {
+        (1..=n)
+            .map(|i| format!("host{i}").parse().unwrap())
+            .collect()
+    }
+
+    fn sizes(plan: &RolloutPlan) -> Vec<(bool, usize)> {
+        plan.stages
+            .iter()
+            .map(|s| (s.canary, s.hosts.len()))
+            .collect()
+    }
+
+    #[test]
+    fn one_canary_then_batches_of_three() {
+        let hosts = names(8);
+        let canaries = resolve_canaries(&hosts, Some(&CanarySpec::Count(1)), |_, _| false);
+        let plan = plan_stages(
+            &hosts,
+            &canaries,
+            &RolloutSettings {
+                batch: Some(BatchSize::Count(3)),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            sizes(&plan),
+            [(true, 1), (false, 3), (false, 3), (false, 1)]
+        );
+        assert_eq!(plan.stages[0].hosts[0].as_str(), "host1");
+        assert_eq!(plan.stages[1].hosts[0].as_str(), "host2");
+    }
+
+    #[test]
+    fn percentages_round_up_and_default_is_one_batch() {
+        let hosts = names(10);
+        let plan = plan_stages(
+            &hosts,
+            &[],
+            &RolloutSettings {
+                batch: Some("25%".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            sizes(&plan),
+            [(false, 3), (false, 3), (false, 3), (false, 1)]
+        );
+        let plan = plan_stages(&hosts, &[], &RolloutSettings::default());
+        assert_eq!(sizes(&plan), [(false, 10)]);
+        assert_eq!(plan.parallel, DEFAULT_PARALLEL);
+        assert!(!plan.revert_on_failure);
+    }
+
+    #[test]
+    fn canaries_by_selector_keep_host_order() {
+        let hosts = names(4);
+        let picked = ["host3", "host1"];
+        let canaries = resolve_canaries(&hosts, Some(&"host3,host1".parse().unwrap()), |_, h| {
+            picked.contains(&h.as_str())
+        });
+        assert_eq!(canaries, [hosts[0].clone(), hosts[2].clone()]);
+    }
+
+    #[test]
+    fn flags_override_the_inventory_field_by_field() {
+        let inventory = RolloutSettings {
+            batch: Some(BatchSize::Count(2)),
+            parallel: Some(4),
+            ..Default::default()
+        };
+        let flags = RolloutSettings {
+            parallel: Some(8),
+            ..Default::default()
+        };
+        let merged = flags.over(&inventory);
+        assert_eq!(merged.batch, Some(BatchSize::Count(2)));
+        assert_eq!(merged.parallel, Some(8));
+    }
+
+    #[test]
+    fn bad_batch_sizes_are_errors() {
+        assert!("0".parse::<BatchSize>().is_err());
+        assert!("150%".parse::<BatchSize>().is_err());
+        assert!("x".parse::<BatchSize>().is_err());
+        assert_eq!("3".parse::<BatchSize>().unwrap(), BatchSize::Count(3));
+    }
+}
