@@ -1,0 +1,236 @@
+//! Day-two operations against real lab hosts (issue: "Day-two operations"):
+//! rollback on demand through the safe switch, the deploy journal and
+//! `history`, and `deploy --reboot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{is_output, parse_run, Fleet, LiveRun, Run};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn run_json(f: &Fleet, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = f.tether(args);
+    parse_run(out, started.elapsed())
+}
+
+fn history(f: &Fleet) -> Vec<Value> {
+    let out = f.tether(&["history", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn rollback_returns_to_the_previous_generation_and_forward_again() {
+    let f = Fleet::up("y01", 1);
+    f.set_hosts(r#"{ host1 = { label = "A"; }; }"#);
+    let a = f.systems()["host1"].clone();
+    assert_eq!(f.deploy(&[]).outcome("host1"), "confirmed");
+    f.set_hosts(r#"{ host1 = { label = "B"; }; }"#);
+    let b = f.systems()["host1"].clone();
+    assert_eq!(f.deploy(&[]).outcome("host1"), "confirmed");
+    let gen_b = f.generation("host1");
+
+    let back = run_json(&f, &["rollback", "--json"]);
+    assert_eq!(back.code, 0, "{}", back.stderr);
+    assert_eq!(
+        back.outcome("host1"),
+        "confirmed",
+        "{}",
+        back.reason("host1")
+    );
+    assert_eq!(f.current("host1"), a);
+    assert_eq!(f.boot_default("host1"), a);
+    assert_eq!(
+        f.generation("host1"),
+        gen_b - 1,
+        "the profile goes back a generation"
+    );
+
+    let forward = run_json(&f, &["rollback", "--json", "--to", &gen_b.to_string()]);
+    assert_eq!(forward.code, 0, "{}", forward.stderr);
+    assert_eq!(f.current("host1"), b);
+    assert_eq!(f.boot_default("host1"), b);
+    assert_eq!(f.generation("host1"), gen_b);
+
+    let missing = run_json(&f, &["rollback", "--json", "--to", "99"]);
+    assert_eq!(missing.code, 1);
+    assert_eq!(missing.outcome("host1"), "refused");
+    let reason = missing.reason("host1");
+    assert!(reason.contains("generation 99 does not exist"), "{reason}");
+    assert!(
+        reason.contains(&format!("{gen_b}")),
+        "names the generations that exist: {reason}"
+    );
+    assert_eq!(f.current("host1"), b);
+}
+
+#[test]
+fn a_rollback_to_a_generation_that_breaks_the_network_rolls_itself_back() {
+    let f = Fleet::up("y02", 2);
+    // An earlier, broken generation: set as profile and boot default only
+    // (goal boot), never activated, then a good system deployed on top.
+    let other = f.address("host2");
+    f.set_hosts(&format!(
+        r#"{{ host1 = {{ label = "broken"; address = "{other}"; }}; }}"#
+    ));
+    let staged = f.deploy(&["--on", "host1", "--goal", "boot"]);
+    assert_eq!(
+        staged.outcome("host1"),
+        "boot-default-set",
+        "{}",
+        staged.reason("host1")
+    );
+    f.set_hosts(r#"{ host1 = { label = "good"; }; }"#);
+    let good = f.systems()["host1"].clone();
+    assert_eq!(f.deploy(&["--on", "host1"]).outcome("host1"), "confirmed");
+    let generation = f.generation("host1");
+
+    let run = run_json(&f, &["rollback", "--json", "--on", "host1", "--lease", "6"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.outcome("host1"),
+        "rolled-back",
+        "{}",
+        run.reason("host1")
+    );
+    assert_eq!(f.current("host1"), good);
+    assert_eq!(f.boot_default("host1"), good);
+    assert_eq!(f.generation("host1"), generation);
+    assert!(f.reachable("host1"));
+}
+
+#[test]
+fn history_lists_confirmed_rolled_back_and_refused_runs() {
+    let f = Fleet::up("y03", 2);
+    f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
+    assert_eq!(f.deploy(&["--on", "host1"]).code, 0);
+    f.set_hosts(r#"{ host1 = { label = "v3"; failingUnits = [ "x" ]; }; }"#);
+    assert_eq!(f.deploy(&["--on", "host1"]).outcome("host1"), "rolled-back");
+    let wrong = f.host_key("host2");
+    f.set_hosts(&format!(
+        r#"{{ host1 = {{ label = "v4"; inventory.hostKey = "{wrong}"; }}; }}"#
+    ));
+    let refused = f.deploy(&["--on", "host1"]);
+    assert_eq!(refused.outcome("host1"), "refused");
+
+    let runs = history(&f);
+    assert_eq!(runs.len(), 3, "{runs:#?}");
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["hosts"][0]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["refused", "rolled-back", "confirmed"],
+        "newest first"
+    );
+    for r in &runs {
+        assert_eq!(r["status"], "finished");
+        assert_eq!(r["command"], "deploy");
+        assert_eq!(r["selection"], "host1");
+    }
+    assert_eq!(runs[2]["exitCode"], 0);
+    assert_eq!(runs[1]["exitCode"], 1);
+    // One run in detail, with its phases as events.
+    let id = runs[1]["id"].as_str().unwrap();
+    let out = f.tether(&["history", id, "--json"]);
+    assert!(out.status.success());
+    let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(detail["run"]["hosts"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("exited 4"));
+    let phases: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "phase")
+        .map(|e| e["data"]["phase"].as_str().unwrap())
+        .collect();
+    assert!(
+        phases.contains(&"activating") && phases.contains(&"rolling-back"),
+        "{phases:?}"
+    );
+    // Plain output too.
+    let table = f.tether(&["history"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("host1=refused") && text.contains("host1=confirmed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_journal_survives_a_deployer_killed_mid_run() {
+    let f = Fleet::up("y04", 1);
+    f.set_hosts(r#"{ host1 = { label = "v2"; extraActivation = "echo TEST-MID; sleep 2"; }; }"#);
+    let mut live = LiveRun::start(f.spawn_deploy(&["--lease", "5"]));
+    live.wait_for(Duration::from_secs(60), |v| {
+        is_output(v, "host1", "TEST-MID")
+    });
+    live.kill();
+    let runs = history(&f);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "interrupted");
+    assert!(runs[0]["hosts"][0]["outcome"].is_null());
+    let db = rusqlite::Connection::open(f.state_dir().join("journal.sqlite")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // The next deploy works and is recorded normally.
+    f.set_hosts(r#"{ host1 = { label = "v3"; }; }"#);
+    common::wait_until(
+        Duration::from_secs(20),
+        "the abandoned trial to end",
+        || {
+            f.console(
+                "host1",
+                "test -d /run/tether/lock && echo busy || echo free",
+            ) == "free"
+        },
+    );
+    assert_eq!(f.deploy(&[]).code, 0);
+    let runs = history(&f);
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["status"], "finished");
+}
+
+#[test]
+fn deploy_with_reboot_ends_confirmed_on_the_new_booted_system() {
+    let f = Fleet::up("y05", 1);
+    f.set_hosts(r#"{ host1 = { label = "v2"; kernelVersion = "6.6.0-fixture"; }; }"#);
+    let new = f.systems()["host1"].clone();
+    let run = f.deploy(&["--reboot"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("host1"), "confirmed", "{}", run.reason("host1"));
+    assert!(run.phases("host1").contains(&"rebooting".to_string()));
+    assert_eq!(f.console("host1", "readlink -f /run/booted-system"), new);
+    assert_eq!(f.current("host1"), new);
+}
+
+#[test]
+fn a_host_that_never_comes_back_from_its_reboot_is_unknown_within_the_timeout() {
+    let f = Fleet::up("y06", 1);
+    f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
+    f.lab.hold("host1").unwrap();
+    let run = f.deploy(&["--reboot", "--reboot-timeout", "8"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.outcome("host1"), "unknown");
+    let reason = run.reason("host1");
+    assert!(reason.contains("did not come back within 8s"), "{reason}");
+    assert!(reason.contains("last seen"), "{reason}");
+    assert!(
+        run.elapsed < Duration::from_secs(40),
+        "took {:?}",
+        run.elapsed
+    );
+    f.lab.release("host1").unwrap();
+    f.lab.wait_ready("host1", Duration::from_secs(60)).unwrap();
+}
