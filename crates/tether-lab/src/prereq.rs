@@ -62,7 +62,7 @@ const KERNEL_LIMITS: &[(&str, u64)] = &[
     ("/proc/sys/fs/inotify/max_user_watches", 1_048_576),
 ];
 
-/// Raises [`KERNEL_LIMITS`] where they are lower.
+/// Raises the kernel limits above where they are lower.
 pub fn ensure_kernel_limits() -> Result<()> {
     for (path, wanted) in KERNEL_LIMITS {
         let current: u64 = std::fs::read_to_string(path)
