@@ -15,6 +15,9 @@ pub const PACKAGES: &[&str] = &[
     "btrfs-progs",
     "nftables",
     "util-linux",
+    // For scripts/bench-deploy: timing arithmetic and peak memory.
+    "bc",
+    "time",
 ];
 
 fn missing_packages() -> Result<Vec<&'static str>> {
