@@ -395,14 +395,35 @@ impl Lab {
         Ok(())
     }
 
-    /// Waits until every host answers SSH with its pinned key.
+    /// Waits until every host answers SSH with its pinned key. A host that
+    /// does not come up in half the time is booted once more (seen under
+    /// heavy load: a container that never reached sshd); if it still does
+    /// not, the error carries its console and supervisor logs.
     pub fn wait_all_ready(&self, timeout: Duration) -> Result<()> {
         std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .info
                 .hosts
                 .iter()
-                .map(|h| s.spawn(move || self.wait_ready(&h.name, timeout)))
+                .map(|h| {
+                    s.spawn(move || {
+                        let first = self.wait_ready(&h.name, timeout / 2);
+                        if first.is_ok() {
+                            return first;
+                        }
+                        eprintln!(
+                            "tether-lab: {} did not come up in {}s; booting it again. Console:\n{}",
+                            h.name,
+                            (timeout / 2).as_secs(),
+                            self.logs(&h.name)
+                        );
+                        if let Ok(pid) = self.init_pid(&h.name) {
+                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                        self.wait_ready(&h.name, timeout / 2)
+                            .with_context(|| format!("{} logs:\n{}", h.name, self.logs(&h.name)))
+                    })
+                })
                 .collect();
             for h in handles {
                 h.join()
@@ -428,6 +449,23 @@ impl Lab {
         bail!(
             "{host}: not reachable over SSH within {}s: {last}",
             timeout.as_secs()
+        )
+    }
+
+    /// The tail of a host's console and supervisor logs, for error messages.
+    pub fn logs(&self, host: &str) -> String {
+        let Ok(h) = self.host(host) else {
+            return String::new();
+        };
+        let tail = |name: &str, lines: usize| {
+            let text = fs::read_to_string(h.dir.join(name)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        };
+        format!(
+            "--- console.log ---\n{}\n--- supervisor.log ---\n{}",
+            tail("console.log", 25),
+            tail("supervisor.log", 5)
         )
     }
 

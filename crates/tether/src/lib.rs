@@ -16,3 +16,4 @@ pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod ssh;
+pub mod systems;

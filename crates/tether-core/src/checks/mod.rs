@@ -317,13 +317,79 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     on_attempt: &dyn Fn(CheckAttempt),
 ) -> Vec<CheckFailure> {
     let deadline = clock.now() + checks.timeout;
-    let mut jobs: Vec<Job<'_>> = checks.checks.iter().map(Job::Declared).collect();
+    let jobs: Vec<Job<'_>> = checks.checks.iter().map(Job::Declared).collect();
+    let mut system_jobs: Vec<Job<'_>> = Vec::new();
     if checks.failed_units != FailedUnits::Ignore {
-        jobs.push(Job::FailedUnits);
+        system_jobs.push(Job::FailedUnits);
     }
     if checks.system_running {
-        jobs.push(Job::SystemRunning);
+        system_jobs.push(Job::SystemRunning);
     }
+    // The two built-in checks read the same thing: one remote call per
+    // attempt serves both (each is still reported on its own).
+    let system_run = async {
+        let mut pending: Vec<&Job<'_>> = system_jobs.iter().collect();
+        let mut attempt = 0u32;
+        let mut failures = Vec::new();
+        while !pending.is_empty() {
+            attempt += 1;
+            let left = deadline.saturating_sub(clock.now());
+            let timeout = if checks.timeout.is_zero() {
+                DEFAULT_ATTEMPT_TIMEOUT
+            } else {
+                DEFAULT_ATTEMPT_TIMEOUT.min(left.max(Duration::from_secs(1)))
+            };
+            let state = match target
+                .run(&remote::system_state_script(), Conn::Shared, timeout, None)
+                .await
+            {
+                Ok(out) => remote::parse_system_state(&out.stdout).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let now = clock.now();
+            let mut still = Vec::new();
+            for job in pending {
+                let result = state.as_ref().map_err(Clone::clone).and_then(|state| {
+                    if matches!(job, Job::FailedUnits) {
+                        judge_failed_units(checks.failed_units, baseline, &state.failed_units)
+                    } else {
+                        judge_system_running(checks.failed_units, &state.state)
+                    }
+                });
+                let passed = result.is_ok();
+                let detail = match result {
+                    Ok(note) | Err(note) => note,
+                };
+                on_attempt(CheckAttempt {
+                    check: job.name().to_string(),
+                    kind: job.kind(),
+                    attempt,
+                    passed,
+                    detail: detail.clone(),
+                });
+                if passed {
+                    continue;
+                }
+                if now >= deadline {
+                    failures.push(CheckFailure {
+                        check: job.name().to_string(),
+                        kind: job.kind(),
+                        attempts: attempt,
+                        detail,
+                    });
+                } else {
+                    still.push(job);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                clock
+                    .sleep(checks.interval.min(deadline.saturating_sub(now)))
+                    .await;
+            }
+        }
+        failures
+    };
     let runs = jobs.iter().map(|job| async move {
         let mut attempt = 0u32;
         loop {
@@ -364,11 +430,9 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             clock.sleep(checks.interval.min(deadline - now)).await;
         }
     });
-    let mut failures: Vec<CheckFailure> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let (declared, system) =
+        futures::future::join(futures::future::join_all(runs), system_run).await;
+    let mut failures: Vec<CheckFailure> = declared.into_iter().flatten().chain(system).collect();
     failures.sort_by(|a, b| a.check.cmp(&b.check));
     failures
 }

@@ -104,7 +104,9 @@ struct Run<'a, T, P, C, R: ?Sized> {
 
 /// How the trial (activation and confirmation) ended.
 enum TrialEnd {
-    Confirmed,
+    /// Confirmed; with the output of persisting when it ran in the same
+    /// session as the confirmation.
+    Confirmed(Option<ScriptOutput>),
     /// Give up on the trial; ask the guard to roll back when `ask`.
     Abandon {
         reason: String,
@@ -157,6 +159,27 @@ fn millis(d: Duration) -> u64 {
 fn tail(s: &str, max_lines: usize) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(max_lines)..].join(" | ")
+}
+
+/// The outcome of a confirmed host from what persisting printed.
+fn persist_outcome(out: &ScriptOutput) -> Outcome {
+    match remote::parse_persist(&out.stdout) {
+        Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::Confirmed {
+            generation: r.generation,
+            persisted: true,
+        },
+        Ok(r) => Outcome::ConfirmedNotPersisted {
+            reason: format!(
+                "the host runs the new system but will boot the old one: profile {}, switch-to-configuration boot {}: {}",
+                if r.profile_set { "set" } else { "not set" },
+                exit_text(r.boot_rc),
+                tail(&out.stderr, 3)
+            ),
+        },
+        Err(e) => Outcome::ConfirmedNotPersisted {
+            reason: format!("the host runs the new system, but persisting it did not report back ({e}); it may boot the old one"),
+        },
+    }
 }
 
 fn exit_text(code: Option<i32>) -> String {
@@ -218,7 +241,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             return (Outcome::Unchanged, old);
         }
 
-        if job.source == SystemSource::Copy {
+        if job.source == SystemSource::Copy && !facts.has_new_system {
             self.phase(Phase::Copying);
             if let Err(e) = self.target.copy(&job.new_system, to.copy).await {
                 return (
@@ -253,7 +276,13 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
     async fn preflight(&self) -> Result<Facts, Outcome> {
         let job = self.job;
         let out = match self
-            .sh(&remote::preflight_script(), Conn::Shared, job.timeouts.command)
+            .sh(
+                &remote::preflight_script_for(
+                    (job.source == SystemSource::Copy).then_some(&job.new_system),
+                ),
+                Conn::Shared,
+                job.timeouts.command,
+            )
             .await
         {
             Ok(out) => out,
@@ -436,7 +465,11 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             },
         };
         match end {
-            TrialEnd::Confirmed => match job.goal {
+            TrialEnd::Confirmed(Some(out)) => {
+                self.phase(Phase::Persisting);
+                persist_outcome(&out)
+            }
+            TrialEnd::Confirmed(None) => match job.goal {
                 Goal::Switch => self.persist(Some(&spec), &old).await,
                 _ => self.finish_test(&spec, &old).await,
             },
@@ -507,28 +540,8 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         // Health checks before the confirmation: only a host that passes
         // them is confirmed. The lease keeper renews the lease meanwhile.
         if !job.checks.is_empty() {
-            self.phase(Phase::Checking);
-            let on_attempt = |a: CheckAttempt| {
-                self.emit(EventKind::Check {
-                    check: a.check,
-                    kind: a.kind.to_string(),
-                    attempt: a.attempt,
-                    passed: a.passed,
-                    detail: a.detail,
-                })
-            };
-            let failures = checks::run_checks(
-                &job.check_target,
-                &job.checks,
-                &Baseline::Before(facts.failed_units.clone()),
-                self.target,
-                self.probe,
-                self.clock,
-                &on_attempt,
-            )
-            .await;
-            if !failures.is_empty() {
-                let all: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            let all = self.health_checks(facts).await;
+            if !all.is_empty() {
                 return TrialEnd::Abandon {
                     reason: format!(
                         "health check{} failed within {}s: {}",
@@ -542,19 +555,28 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         }
 
         self.phase(Phase::Confirming);
+        // For goal switch, persisting rides along in the confirming session
+        // (only once the confirmation succeeded there): one connection less.
+        let confirm = match job.goal {
+            Goal::Switch => {
+                remote::confirm_then(spec, &self.persist_script(Some(spec), &spec.old_system))
+            }
+            _ => remote::confirm_script(spec),
+        };
+        let persisted = |out: &ScriptOutput| (job.goal == Goal::Switch).then(|| out.clone());
         let deadline = self.clock.now() + to.confirm;
         loop {
             let last;
             let attempt_timeout = to.command.min(Duration::from_secs(10));
-            match self.sh(&remote::confirm_script(spec), Conn::Fresh, attempt_timeout).await {
+            match self.sh(&confirm, Conn::Fresh, attempt_timeout.max(to.activation.min(Duration::from_secs(120)))).await {
                 Ok(out) => match remote::parse_confirm(&out.stdout) {
                     Ok(r) => match r.result {
-                        ConfirmResult::Confirmed => return TrialEnd::Confirmed,
+                        ConfirmResult::Confirmed => return TrialEnd::Confirmed(persisted(&out)),
                         // Our own earlier attempt confirmed, but its answer was lost.
                         ConfirmResult::TooLate
                             if matches!(r.state, GuardState::Confirmed | GuardState::Finished) =>
                         {
-                            return TrialEnd::Confirmed
+                            return TrialEnd::Confirmed(persisted(&out))
                         }
                         ConfirmResult::TooLate | ConfirmResult::NoTrial => {
                             return TrialEnd::GuardLeft {
@@ -730,8 +752,8 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
     }
 
     /// Makes the confirmed system permanent; with `spec`, also ends the trial.
-    async fn persist(&self, spec: Option<&GuardSpec>, old: &StorePath) -> Outcome {
-        self.phase(Phase::Persisting);
+    /// Persisting (profile, boot default, end of trial) plus the journal line.
+    fn persist_script(&self, spec: Option<&GuardSpec>, old: &StorePath) -> String {
         let job = self.job;
         let mut script = remote::persist_script(&job.new_system, job.persist, spec);
         script.push_str(&remote::journal_script(
@@ -742,34 +764,51 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             &job.deployer,
             "confirmed over a fresh connection",
         ));
+        script
+    }
+
+    async fn persist(&self, spec: Option<&GuardSpec>, old: &StorePath) -> Outcome {
+        self.phase(Phase::Persisting);
+        let script = self.persist_script(spec, old);
         let mut last = String::new();
         for conn in [Conn::Shared, Conn::Fresh] {
-            match self.sh(&script, conn, job.timeouts.activation).await {
-                Ok(out) => {
-                    return match remote::parse_persist(&out.stdout) {
-                        Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::Confirmed {
-                            generation: r.generation,
-                            persisted: true,
-                        },
-                        Ok(r) => Outcome::ConfirmedNotPersisted {
-                            reason: format!(
-                                "the host runs the new system but will boot the old one: profile {}, switch-to-configuration boot {}: {}",
-                                if r.profile_set { "set" } else { "not set" },
-                                exit_text(r.boot_rc),
-                                tail(&out.stderr, 3)
-                            ),
-                        },
-                        Err(e) => Outcome::ConfirmedNotPersisted {
-                            reason: format!("the host runs the new system, but persisting it did not report back ({e}); it may boot the old one"),
-                        },
-                    }
-                }
+            match self.sh(&script, conn, self.job.timeouts.activation).await {
+                Ok(out) => return persist_outcome(&out),
                 Err(e) => last = e.to_string(),
             }
         }
         Outcome::ConfirmedNotPersisted {
             reason: format!("the host runs the new system but persisting failed ({last}); it will boot the old one"),
         }
+    }
+
+    /// Runs the host's health checks (phase `checking`, one event per
+    /// attempt); returns the failures, empty when all passed.
+    async fn health_checks(&self, facts: &Facts) -> Vec<String> {
+        let job = self.job;
+        self.phase(Phase::Checking);
+        let on_attempt = |a: CheckAttempt| {
+            self.emit(EventKind::Check {
+                check: a.check,
+                kind: a.kind.to_string(),
+                attempt: a.attempt,
+                passed: a.passed,
+                detail: a.detail,
+            })
+        };
+        checks::run_checks(
+            &job.check_target,
+            &job.checks,
+            &Baseline::Before(facts.failed_units.clone()),
+            self.target,
+            self.probe,
+            self.clock,
+            &on_attempt,
+        )
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect()
     }
 
     /// `deploy --reboot`: reboots the confirmed, persisted host, waits (up
@@ -850,28 +889,8 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             };
         }
         if !job.checks.is_empty() {
-            self.phase(Phase::Checking);
-            let on_attempt = |a: CheckAttempt| {
-                self.emit(EventKind::Check {
-                    check: a.check,
-                    kind: a.kind.to_string(),
-                    attempt: a.attempt,
-                    passed: a.passed,
-                    detail: a.detail,
-                })
-            };
-            let failures = checks::run_checks(
-                &job.check_target,
-                &job.checks,
-                &Baseline::Before(facts.failed_units.clone()),
-                self.target,
-                self.probe,
-                self.clock,
-                &on_attempt,
-            )
-            .await;
-            if !failures.is_empty() {
-                let all: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            let all = self.health_checks(facts).await;
+            if !all.is_empty() {
                 return Outcome::Unhealthy {
                     reason: format!(
                         "booted the new system, but health checks failed after the reboot: {}",

@@ -135,7 +135,15 @@ impl Target for Fake {
                 .borrow_mut()
                 .pop_front()
                 .unwrap_or(Err(RemoteError::Unreachable("connection refused".into())))
-                .and_then(|s| ok(&s)),
+                .and_then(|s| {
+                    // Persisting rides along in the confirming session.
+                    if script.contains("profile=ok") && s.contains("state=confirmed") {
+                        self.calls.borrow_mut().push(("persist".into(), conn));
+                        ok(&format!("{s}{}", self.persist))
+                    } else {
+                        ok(&s)
+                    }
+                }),
             "inspect" => self
                 .inspect
                 .borrow_mut()

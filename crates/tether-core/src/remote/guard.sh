@@ -16,8 +16,11 @@ set -u
 dir=$1
 . "$dir/params"
 
-uptime_s() { cut -d. -f1 /proc/uptime; }
-state() { cat "$dir/state" 2>/dev/null; }
+# Builtins only in the polling path: the guard runs beside the activation and
+# the health checks and should cost them no CPU.
+uptime_s() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
+state() { s=; read -r s <"$dir/state" 2>/dev/null; echo "$s"; }
+lease() { l=0; read -r l <"$dir/lease" 2>/dev/null; echo "$l"; }
 
 journal() {
     mkdir -p /var/lib/tether
@@ -67,17 +70,20 @@ while :; do
             rollback "deployer asked: $(cat "$dir/rollback-request")"
             exit 0
         fi
-        if [ -e "$dir/activation.rc" ] && [ "$(cat "$dir/activation.rc")" != 0 ]; then
-            rollback "activation exited $(cat "$dir/activation.rc")"
-            exit 0
+        if [ -e "$dir/activation.rc" ]; then
+            read -r rc <"$dir/activation.rc"
+            if [ "$rc" != 0 ]; then
+                rollback "activation exited $rc"
+                exit 0
+            fi
         fi
-        if [ "$(uptime_s)" -ge "$(cat "$dir/lease")" ]; then
+        if [ "$(uptime_s)" -ge "$(lease)" ]; then
             rollback "lease expired: the deployer did not confirm in time"
             exit 0
         fi
         ;;
     confirmed)
-        if [ "$(uptime_s)" -ge "$(cat "$dir/lease")" ]; then
+        if [ "$(uptime_s)" -ge "$(lease)" ]; then
             journal confirmed-unfinished "confirmed, but the deployer never reported persisting"
             release_lock
             exit 0

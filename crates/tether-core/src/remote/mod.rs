@@ -189,8 +189,23 @@ pub(crate) fn first<'a>(f: &'a Fields, key: &str) -> Option<&'a str> {
 
 /// Prints the host's identity and systems. Read-only.
 pub fn preflight_script() -> String {
+    preflight_script_for(None)
+}
+
+/// [`preflight_script`], also telling whether the host's store already has
+/// `new_system` (then nothing needs copying: Nix registers a path valid only
+/// once its whole closure is).
+pub fn preflight_script_for(new_system: Option<&StorePath>) -> String {
+    let has_new = match new_system {
+        Some(p) => format!(
+            "nix-store --check-validity {} >/dev/null 2>&1 && echo \"has_new=yes\"\n",
+            quote(p.as_str())
+        ),
+        None => String::new(),
+    };
     format!(
         r#"set -u
+{has_new}
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "hostname=$(cat /proc/sys/kernel/hostname)"
 echo "arch=$(uname -m)"
@@ -236,6 +251,8 @@ pub struct Facts {
     pub missing_tools: Vec<String>,
     /// Another deploy holding the host's deploy lock with a live guard.
     pub busy_with: Option<String>,
+    /// The host's store already holds the new system (and so its closure).
+    pub has_new_system: bool,
     /// Units failed before the switch (the `failedUnits = "new"` baseline).
     pub failed_units: Vec<String>,
 }
@@ -280,6 +297,7 @@ pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
         boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
         missing_tools: f.get("missing").cloned().unwrap_or_default(),
         busy_with: first(&f, "busy").map(str::to_string),
+        has_new_system: first(&f, "has_new") == Some("yes"),
         failed_units: f.get("failed_unit").cloned().unwrap_or_default(),
     })
 }
@@ -298,13 +316,19 @@ lockdir={lock}
 mkdir -p {run}/deploys
 # Resolve the guard's tools now, to store paths on NixOS: the guard must keep
 # working while /run/current-system changes under it.
-tool_path=
-for t in flock systemctl cut sleep readlink date mv cat rm mkdir; do
+paths=
+for t in sh flock systemctl cut sleep readlink date mv cat rm mkdir; do
     p=$(command -v "$t") || {{ echo "arm=missing-tool"; echo "missing=$t"; exit 0; }}
-    d=$(dirname "$(readlink -f "$p")")
+    paths="$paths $p"
+done
+# One readlink for all (this runs on every deploy; spawns cost CPU).
+tool_path=
+sh_path=
+for p in $(readlink -f $paths); do
+    [ -n "$sh_path" ] || sh_path=$p
+    d=${{p%/*}}
     case ":$tool_path:" in *":$d:"*) ;; *) tool_path="$tool_path${{tool_path:+:}}$d" ;; esac
 done
-sh_path=$(readlink -f "$(command -v sh)")
 exec 9>{run}/lock.flock
 flock 9
 if [ -d "$lockdir" ]; then
@@ -441,30 +465,58 @@ echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
 /// and is the pinned machine, then confirms with the deploy's token, which
 /// only succeeds while the trial is still armed (never after the guard fired).
 pub fn confirm_script(spec: &GuardSpec) -> String {
+    // Builtins where possible: this runs on every host at the end of every
+    // deploy, often on many at once.
     format!(
         r#"set -u
 dir={dir}
-echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
-echo "current=$(readlink -f /run/current-system 2>/dev/null)"
-echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+mid=; read -r mid 2>/dev/null </etc/machine-id
+echo "machine_id=$mid"
+cur=$(readlink -f /run/current-system 2>/dev/null)
+echo "current=$cur"
+read -r boot </proc/sys/kernel/random/boot_id
+echo "boot_id=$boot"
+tok=; [ -d "$dir" ] && read -r tok 2>/dev/null <"$dir/token"
 if [ ! -d "$dir" ]; then
     echo "confirm=no-trial"
-elif [ "$(cat "$dir/token")" != {token} ]; then
+elif [ "$tok" != {token} ]; then
     echo "confirm=bad-token"
-elif [ "$(readlink -f /run/current-system)" != {new} ]; then
+elif [ "$cur" != {new} ]; then
     echo "confirm=not-running-new"
-elif flock "$dir/state.lock" sh -c 'test "$(cat "$1/state")" = armed && echo $(( $(cut -d. -f1 /proc/uptime) + $2 )) >"$1/lease" && printf "confirmed\n" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' sh "$dir" {lease}; then
-    echo "confirm=confirmed"
 else
-    echo "confirm=too-late"
+    # The guard's rollback takes the same lock: one of the two wins.
+    exec 8>>"$dir/state.lock"
+    flock 8
+    st=; read -r st 2>/dev/null <"$dir/state"
+    if [ "$st" = armed ]; then
+        read -r up _ </proc/uptime
+        echo $(( ${{up%%.*}} + {lease} )) >"$dir/lease"
+        printf 'confirmed\n' >"$dir/state.new" && mv -f "$dir/state.new" "$dir/state"
+        echo "confirm=confirmed"
+    else
+        echo "confirm=too-late"
+    fi
+    exec 8>&-
 fi
-echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
-echo "reason=$(cat "$dir/reason" 2>/dev/null)"
+st=missing; read -r st 2>/dev/null <"$dir/state"
+echo "state=$st"
+reason=; read -r reason 2>/dev/null <"$dir/reason"
+echo "reason=$reason"
 "#,
         dir = quote(&spec.dir()),
         token = quote(spec.token.as_str()),
         new = quote(spec.new_system.as_str()),
         lease = spec.lease_secs(),
+    )
+}
+
+/// [`confirm_script`], then, only when the confirmation succeeded, `then`
+/// (persisting) in the same session: one fresh connection does both.
+pub fn confirm_then(spec: &GuardSpec, then: &str) -> String {
+    format!(
+        "{}if [ \"$(cat {}/state 2>/dev/null)\" = confirmed ]; then\n{then}\nfi\n",
+        confirm_script(spec),
+        quote(&spec.dir())
     )
 }
 
@@ -630,7 +682,9 @@ if {set_profile} >/dev/null && [ "$(readlink -f {profile})" = "$new" ]; then
 else
     echo "profile=failed"
 fi
-echo "generation=$(readlink {profile} 2>/dev/null | sed -n 's/^system-\([0-9]*\)-link$/\1/p')"
+link=$(readlink {profile} 2>/dev/null)
+link=${{link#system-}}
+echo "generation=${{link%-link}}"
 {finish}"#,
         new = quote(new_system.as_str()),
         profile = quote(SYSTEM_PROFILE),
@@ -643,10 +697,14 @@ echo "generation=$(readlink {profile} 2>/dev/null | sed -n 's/^system-\([0-9]*\)
 pub fn finish_script(spec: &GuardSpec) -> String {
     format!(
         r#"dir={dir}
-flock "$dir/state.lock" sh -c 'printf "finished\n" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' sh "$dir"
+exec 8>>"$dir/state.lock"
+flock 8
+printf 'finished\n' >"$dir/state.new" && mv -f "$dir/state.new" "$dir/state"
+exec 8>&-
 exec 9>{run}/lock.flock
 flock 9
-if [ "$(cat {lock}/deploy 2>/dev/null)" = {id} ]; then rm -rf {lock}; fi
+holder=; read -r holder 2>/dev/null <{lock}/deploy
+if [ "$holder" = {id} ]; then rm -rf {lock}; fi
 exec 9>&-
 "#,
         dir = quote(&spec.dir()),

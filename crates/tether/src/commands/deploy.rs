@@ -2,7 +2,6 @@
 //! evaluation, one build), then roll them out with the safe switch on each
 //! host: canaries first, then batches, at most `--parallel` at once.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -238,23 +237,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .map(|(i, h)| ssh_target(ctx, h, i, run_dir.path(), args.substitute_on_destination))
         .collect::<Result<_, _>>()?;
 
-    say(format!("evaluating {} host(s)", hosts.len()));
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
     // Connecting (key exchange, pinned-key check) overlaps evaluation and
     // build; the deploy then runs over these connections.
     let warm = futures::future::join_all(targets.iter().map(SshTarget::warm_up));
-    let build = async {
-        let toplevels = ctx.nix.eval_toplevels(&ctx.source, &names).await?;
-        let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
-        drvs.sort();
-        drvs.dedup();
-        say(format!("building {} system(s)", drvs.len()));
-        let outs = ctx.nix.build(&drvs).await.map_err(CommandError::Build)?;
-        Ok::<_, CommandError>((toplevels, drvs, outs))
-    };
-    let (built, _) = tokio::join!(build, warm);
-    let (toplevels, drvs, outs) = built?;
-    let built: BTreeMap<&StorePath, &StorePath> = drvs.iter().zip(outs.iter()).collect();
+    let (built, _) = tokio::join!(crate::systems::build_systems(ctx, &names, &say), warm);
+    let built = built?;
 
     let deploy_id = runner::new_deploy_id()?;
     let reboot = args
@@ -262,18 +250,20 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .then(|| Duration::from_secs(args.reboot_timeout.unwrap_or(300)));
     let mut jobs = Vec::new();
     for (host, target) in hosts.iter().zip(targets) {
-        let toplevel = toplevels.get(&host.name).ok_or_else(|| {
+        let system = built.get(&host.name).ok_or_else(|| {
             CommandError::Usage(format!(
-                "host {:?}: no system was evaluated",
+                "host {:?}: no system was built",
                 host.name.as_str()
             ))
         })?;
-        let out = built
-            .get(&toplevel.drv_path)
-            .map(|p| (*p).clone())
-            .unwrap_or_else(|| toplevel.out_path.clone());
-        let mut job = base_job(host, out, args.goal, &args.timeouts, &deploy_id)?;
-        job.platform = toplevel.system.clone();
+        let mut job = base_job(
+            host,
+            system.path.clone(),
+            args.goal,
+            &args.timeouts,
+            &deploy_id,
+        )?;
+        job.platform = system.platform.clone();
         job.reboot = reboot;
         jobs.push((job, target));
     }

@@ -70,15 +70,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             eprintln!("{msg}");
         }
     };
-    say(format!("evaluating {} host(s)", hosts.len()));
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
-    let toplevels = ctx.nix.eval_toplevels(&ctx.source, &names).await?;
-    let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
-    drvs.sort();
-    drvs.dedup();
-    say(format!("building {} system(s)", drvs.len()));
-    let outs = ctx.nix.build(&drvs).await.map_err(CommandError::Build)?;
-    let built: BTreeMap<&StorePath, &StorePath> = drvs.iter().zip(outs.iter()).collect();
+    let built = crate::systems::build_systems(ctx, &names, &say).await?;
+    let mut outs: Vec<StorePath> = built.values().map(|b| b.path.clone()).collect();
+    outs.sort();
+    outs.dedup();
 
     // What each new system is, read once per system from the local store.
     let mut locals: BTreeMap<StorePath, (Closure, UnitFiles)> = BTreeMap::new();
@@ -96,16 +92,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .map_err(CommandError::Output)?;
     let mut work: Vec<(PlanJob, SshTarget)> = Vec::new();
     for (index, host) in hosts.iter().enumerate() {
-        let toplevel = toplevels.get(&host.name).ok_or_else(|| {
+        let system = built.get(&host.name).ok_or_else(|| {
             CommandError::Usage(format!(
-                "host {:?}: no system was evaluated",
+                "host {:?}: no system was built",
                 host.name.as_str()
             ))
         })?;
-        let new_system = built
-            .get(&toplevel.drv_path)
-            .map(|p| (*p).clone())
-            .unwrap_or_else(|| toplevel.out_path.clone());
+        let new_system = system.path.clone();
         let (new_closure, new_units) = locals.get(&new_system).cloned().unwrap_or_default();
         let target = SshTarget::new(
             host.clone(),
@@ -120,7 +113,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
                 host,
                 &args,
                 new_system,
-                toplevel.system.clone(),
+                system.platform.clone(),
                 new_closure,
                 new_units,
             ),
