@@ -2,7 +2,7 @@
 //! NixOS-like systems for a lab's hosts, built from the repo's `nix/fixture`.
 
 use crate::{cmd, paths, Lab};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,9 +36,24 @@ impl Lab {
         Ok(dir.to_path_buf())
     }
 
-    /// Builds every host's system of the fixture fleet in `dir` with one
-    /// `nix build` and returns host name → toplevel store path.
+    /// Builds every host's system of the fixture fleet in `dir` (one `nix
+    /// eval` for the derivations, one `nix build`) and returns host name →
+    /// toplevel store path. Results are matched by derivation: `nix build
+    /// --json` does not promise to answer in the order it was asked.
     pub fn build_fleet(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
+        let flake = format!("path:{}", dir.display());
+        let out = cmd::run(
+            Command::new("nix")
+                .args(NIX_FEATURES)
+                .args(["eval", "--json"])
+                .arg(format!("{flake}#nixosConfigurations"))
+                .args([
+                    "--apply",
+                    "cs: builtins.mapAttrs (n: c: c.config.system.build.toplevel.drvPath) cs",
+                ]),
+        )
+        .context("evaluating the fixture fleet")?;
+        let drvs: BTreeMap<String, String> = serde_json::from_slice(&out.stdout)?;
         let mut c = Command::new("nix");
         c.args(NIX_FEATURES).args([
             "build",
@@ -49,28 +64,22 @@ impl Lab {
             "",
         ]);
         for h in &self.info.hosts {
-            c.arg(format!(
-                "path:{}#nixosConfigurations.{}.config.system.build.toplevel",
-                dir.display(),
-                h.name
-            ));
+            let drv = drvs
+                .get(&h.name)
+                .with_context(|| format!("the fleet has no system for {}", h.name))?;
+            c.arg(drv);
         }
         let out = cmd::run(&mut c).context("building the fixture fleet")?;
         let built: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-        if built.len() != self.info.hosts.len() {
-            bail!(
-                "nix build returned {} results for {} hosts",
-                built.len(),
-                self.info.hosts.len()
-            );
-        }
         let mut map = BTreeMap::new();
-        for (h, b) in self.info.hosts.iter().zip(built) {
-            let path = b["outputs"]["out"]
-                .as_str()
-                .context("nix build --json: no outputs.out")?
-                .to_string();
-            map.insert(h.name.clone(), path);
+        for h in &self.info.hosts {
+            let drv = &drvs[&h.name];
+            let path = built
+                .iter()
+                .find(|b| b["drvPath"].as_str() == Some(drv.as_str()))
+                .and_then(|b| b["outputs"]["out"].as_str())
+                .with_context(|| format!("nix build did not report {drv} ({})", h.name))?;
+            map.insert(h.name.clone(), path.to_string());
         }
         Ok(map)
     }
