@@ -108,10 +108,13 @@ impl SshTarget {
     pub async fn warm_up(&self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
+            // Only the master connection (`-N`: no remote command, so no
+            // session on the host); `ControlMaster=yes` comes first, and ssh
+            // keeps the first value of an option.
             child_command("ssh")
+                .args(["-o", "ControlMaster=yes", "-N"])
                 .args(self.options(Conn::Shared))
                 .arg(self.host.address.to_string())
-                .arg("true")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -108,7 +108,7 @@ fn revert_on_failure_returns_every_host_of_the_run_to_its_old_system() {
         "--lease",
         "6",
     ]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 1, "{}\n{:#}", run.stderr, run.summary);
     assert_eq!(systems_now(&f), before, "every host ends on its old system");
     for i in 1..=8 {
         let h = format!("host{i}");

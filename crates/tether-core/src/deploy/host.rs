@@ -18,7 +18,7 @@ use crate::remote::{
     Token,
 };
 use futures::future::{select, Either};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 /// Time limits of one host's deploy (documented in docs/deploy.md).
@@ -117,6 +117,8 @@ enum TrialEnd {
         reason: String,
     },
     Unknown(String),
+    /// Ended before anything was activated (arming refused or failed).
+    Done(Outcome),
 }
 
 /// Deploys one host and reports its outcome.
@@ -412,48 +414,10 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             deployer: job.deployer.clone(),
         };
 
-        self.phase(Phase::Arming);
-        match self
-            .sh(&remote::arm_script(&spec), Conn::Shared, to.command)
-            .await
-        {
-            Ok(out) => {
-                match remote::parse_arm(&out.stdout) {
-                    Ok(ArmResult::Armed) => {}
-                    Ok(ArmResult::Busy(other)) => {
-                        return Outcome::Refused {
-                            reason: format!("another deploy ({other}) is in progress on this host"),
-                        }
-                    }
-                    Ok(ArmResult::MissingTool(t)) => {
-                        return Outcome::Refused {
-                            reason: format!("the host lacks {t}, which the guard needs"),
-                        }
-                    }
-                    Ok(ArmResult::Failed) => return Outcome::Failed {
-                        reason:
-                            "could not start the guard (systemd-run failed); nothing was activated"
-                                .into(),
-                    },
-                    Err(e) => {
-                        return Outcome::Failed {
-                            reason: format!("arming the guard: {e}: {}", tail(&out.stderr, 3)),
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // The guard may be armed; if so it re-activates the system
-                // the host runs anyway when its lease lapses.
-                return Outcome::Failed {
-                    reason: format!("arming the guard: {e}; nothing was activated"),
-                };
-            }
-        }
-
         let trouble = RefCell::new(None);
-        let trial = std::pin::pin!(self.trial(&spec, facts, &trouble));
-        let keeper = std::pin::pin!(self.keep_lease(&spec));
+        let armed = Cell::new(false);
+        let trial = std::pin::pin!(self.trial(&spec, facts, &trouble, &armed));
+        let keeper = std::pin::pin!(self.keep_lease(&spec, &armed));
         let end = match select(trial, keeper).await {
             Either::Left((end, _)) => end,
             // Say first what went wrong in the trial, then what the guard did.
@@ -481,6 +445,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             }
             TrialEnd::GuardLeft { reason } => self.await_guard(&spec, facts, &old, reason).await,
             TrialEnd::Unknown(reason) => Outcome::Unknown { reason },
+            TrialEnd::Done(outcome) => outcome,
         }
     }
 
@@ -492,26 +457,64 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         spec: &GuardSpec,
         facts: &Facts,
         trouble: &RefCell<Option<String>>,
+        armed: &Cell<bool>,
     ) -> TrialEnd {
         let job = self.job;
         let to = &job.timeouts;
-        self.phase(Phase::Activating);
-        let emit_line = |line: &str| {
-            self.emit(EventKind::Output {
-                line: line.to_string(),
-            })
+        self.phase(Phase::Arming);
+        // The arm result comes first on the session, then the activation's
+        // output: `arm=` lines are ours, everything else is the target's.
+        let on_line = |line: &str| {
+            if line == "arm=armed" {
+                armed.set(true);
+                self.phase(Phase::Activating);
+            } else if !line.starts_with("arm=")
+                && !line.starts_with("busy=")
+                && !line.starts_with("missing=")
+            {
+                self.emit(EventKind::Output {
+                    line: line.to_string(),
+                })
+            }
         };
         // Always `test` during the trial: the boot default must not move
         // before the deploy is confirmed (a reboot now boots the old system).
         let activation = self
             .target
             .run(
-                &remote::activate_script(spec, Goal::Test),
+                &remote::arm_and_activate_script(spec, Goal::Test),
                 Conn::Shared,
                 to.activation,
-                Some(&emit_line),
+                Some(&on_line),
             )
             .await;
+        if let Ok(out) = &activation {
+            match remote::parse_arm(&out.stdout) {
+                Ok(ArmResult::Armed) => {}
+                Ok(ArmResult::Busy(other)) => {
+                    return TrialEnd::Done(Outcome::Refused {
+                        reason: format!("another deploy ({other}) is in progress on this host"),
+                    })
+                }
+                Ok(ArmResult::MissingTool(t)) => {
+                    return TrialEnd::Done(Outcome::Refused {
+                        reason: format!("the host lacks {t}, which the guard needs"),
+                    })
+                }
+                Ok(ArmResult::Failed) => {
+                    return TrialEnd::Done(Outcome::Failed {
+                        reason:
+                            "could not start the guard (systemd-run failed); nothing was activated"
+                                .into(),
+                    })
+                }
+                Err(e) => {
+                    return TrialEnd::Done(Outcome::Failed {
+                        reason: format!("arming the guard: {e}: {}", tail(&out.stderr, 3)),
+                    })
+                }
+            }
+        }
         match activation {
             Ok(out) if out.exit_code == Some(0) => {}
             Ok(out) => {
@@ -528,6 +531,13 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                     reason: format!("activation did not finish within {}s", d.as_secs()),
                     ask: true,
                 }
+            }
+            Err(e) if !armed.get() => {
+                // Whether the guard was armed is unknown: if it was, it rolls
+                // back when its lease lapses; the host tells which.
+                return TrialEnd::GuardLeft {
+                    reason: format!("the SSH session was lost while arming the guard: {e}"),
+                };
             }
             Err(e) => {
                 // The activation runs on in its own unit; a fresh connection
@@ -617,17 +627,25 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     /// Renews the lease until the guard leaves the trial on its own or the
     /// host has not answered for a whole lease. Returns why it stopped.
-    async fn keep_lease(&self, spec: &GuardSpec) -> String {
+    async fn keep_lease(&self, spec: &GuardSpec, armed: &Cell<bool>) -> String {
         let lease = spec.lease;
         let every = (lease / 5).max(Duration::from_millis(500));
         let mut last_ok = self.clock.now();
         loop {
             self.clock.sleep(every).await;
+            if !armed.get() {
+                // Arming is under way in the trial's session; the lease
+                // starts with it.
+                last_ok = self.clock.now();
+                continue;
+            }
             match self
                 .sh(
                     &remote::renew_script(spec),
                     Conn::Shared,
-                    every.max(Duration::from_secs(2)),
+                    // A slow answer still renews: only a host that cannot be
+                    // reached for the whole lease is given up.
+                    (lease / 3).max(Duration::from_secs(2)),
                 )
                 .await
             {
@@ -722,14 +740,42 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                                     }
                                 };
                             }
+                            // No trial on the host, same boot, old system: the
+                            // guard was never armed, so nothing was activated.
+                            GuardState::Missing if current == old.as_str() => {
+                                return Outcome::Failed {
+                                    reason: format!("{why}; no trial is armed on the host and it runs its previous system"),
+                                }
+                            }
                             GuardState::Missing => {
                                 return Outcome::Unknown {
                                     reason: format!("{why}; the trial's state vanished from the host, which runs {current}"),
                                 }
                             }
-                            GuardState::Confirmed | GuardState::Finished => {
-                                return Outcome::Unknown {
-                                    reason: format!("{why}; yet the host reports the trial confirmed; it runs {current} and was not persisted"),
+                            // Our own confirmation got through after all (only
+                            // this deploy has the token): it stands.
+                            GuardState::Confirmed if self.job.goal == Goal::Switch => {
+                                self.warn(format!("{why}; but the host had confirmed the trial: persisting"));
+                                return self.persist(Some(spec), old).await;
+                            }
+                            GuardState::Confirmed => {
+                                return Outcome::Confirmed {
+                                    generation: None,
+                                    persisted: false,
+                                }
+                            }
+                            GuardState::Finished
+                                if self.job.goal != Goal::Switch
+                                    || i.profile_system.as_deref() == Some(self.job.new_system.as_str()) =>
+                            {
+                                return Outcome::Confirmed {
+                                    generation: i.profile_generation.filter(|_| self.job.goal == Goal::Switch),
+                                    persisted: self.job.goal == Goal::Switch,
+                                }
+                            }
+                            GuardState::Finished => {
+                                return Outcome::ConfirmedNotPersisted {
+                                    reason: format!("{why}; the host confirmed the trial and runs {current}, but its profile points at {}", i.profile_system.as_deref().unwrap_or("nothing")),
                                 }
                             }
                             _ => last = format!("guard state {:?}", i.state),

@@ -87,14 +87,15 @@ impl Target for Fake {
         script: &str,
         conn: Conn,
         _timeout: Duration,
-        _on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<&dyn Fn(&str)>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
         let kind = if script.contains("preflight=done") {
             "preflight"
-        } else if script.contains("TETHER_GUARD_EOF") {
-            "arm"
         } else if script.contains("--pipe --wait") {
+            // Arming rides along with the activation.
             "activate"
+        } else if script.contains("guard.sh") {
+            "arm"
         } else if script.contains("confirm=confirmed") {
             "confirm"
         } else if script.contains("inspect=done") {
@@ -123,13 +124,20 @@ impl Target for Fake {
                 .and_then(|s| ok(&s.replace(&format!("={OLD}"), &format!("={NEW}")))),
             "preflight" => self.preflight.clone().and_then(|s| ok(&s)),
             "arm" => ok("arm=armed\n"),
-            "activate" => match self.activation {
-                Activation::Exit(code) => Ok(ScriptOutput {
-                    exit_code: Some(code),
-                    ..Default::default()
-                }),
-                Activation::Hang => ok(""),
-            },
+            "activate" => {
+                self.calls.borrow_mut().push(("arm".into(), conn));
+                if let Some(f) = on_line {
+                    f("arm=armed");
+                }
+                match self.activation {
+                    Activation::Exit(code) => Ok(ScriptOutput {
+                        stdout: "arm=armed\n".into(),
+                        exit_code: Some(code),
+                        ..Default::default()
+                    }),
+                    Activation::Hang => ok("arm=armed\n"),
+                }
+            }
             "confirm" => self
                 .confirm
                 .borrow_mut()
@@ -915,4 +923,30 @@ mod rollout {
         assert_eq!(outcomes(&reports), ["skipped"]);
         assert!(fake.calls.borrow().is_empty());
     }
+}
+
+#[test]
+fn a_trial_the_host_confirmed_while_the_deployer_thought_it_lost_still_stands() {
+    // Renewals time out (a slow host) and the confirmation's answer is lost,
+    // but the host did record our confirmation: persist, never "unknown".
+    let fake = Fake {
+        activation: Activation::Hang,
+        renew: Err(RemoteError::Timeout(Duration::from_secs(5))),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={NEW}\nboot_id=boot1\nstate=confirmed\nreason=\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    assert_eq!(
+        report.outcome,
+        Outcome::Confirmed {
+            generation: Some(2),
+            persisted: true
+        }
+    );
+    assert!(fake.called("persist"));
 }

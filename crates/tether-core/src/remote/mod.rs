@@ -357,16 +357,20 @@ umask 077
 }} >"$dir/params"
 printf '%s\n' {token} >"$dir/token"
 printf 'armed\n' >"$dir/state"
-echo $(( $(cut -d. -f1 /proc/uptime) + {lease} )) >"$dir/lease"
-cat >"$dir/guard.sh" <<'TETHER_GUARD_EOF'
-{guard}TETHER_GUARD_EOF
+read -r up _ </proc/uptime
+echo $(( ${{up%%.*}} + {lease} )) >"$dir/lease"
+printf '%s' {guard} >"$dir/guard.sh"
+armed=no
 if systemd-run --unit={unit} --description={desc} --quiet --collect \
     --setenv=PATH="$tool_path:/usr/bin:/bin" "$sh_path" "$dir/guard.sh" "$dir"; then
+    armed=yes
     echo "arm=armed"
 else
     rm -rf "$lockdir"
     echo "arm=failed"
 fi
+# Other deploys may check the lock from now on.
+exec 9>&-
 "#,
         dir = quote(&dir),
         lock = quote(LOCK_DIR),
@@ -383,7 +387,7 @@ fi
         lease = spec.lease_secs(),
         deployer_q = quote(&quote(&spec.deployer)),
         token = quote(spec.token.as_str()),
-        guard = GUARD_SCRIPT,
+        guard = quote(GUARD_SCRIPT),
         desc = quote(&format!("tether guard for deploy {}", spec.deploy_id)),
     )
 }
@@ -418,19 +422,37 @@ pub fn parse_arm(stdout: &str) -> Result<ArmResult, ParseError> {
 /// which is also recorded for the guard (`activation.rc`).
 pub fn activate_script(spec: &GuardSpec, goal: Goal) -> String {
     format!(
-        r#"set -u
-dir={dir}
-. "$dir/params"
-exec systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
+        "set -u\ndir={}\n. \"$dir/params\"\n{}",
+        quote(&spec.dir()),
+        activation_command(spec, goal)
+    )
+}
+
+/// The `systemd-run` that runs the new system's activation (needs `$dir`
+/// and the deploy's params sourced).
+fn activation_command(spec: &GuardSpec, goal: Goal) -> String {
+    format!(
+        r#"exec systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
     --service-type=exec --setenv=PATH="$TOOL_PATH:/usr/bin:/bin" \
     "$SH" -c '"$1/bin/switch-to-configuration" "$2"; rc=$?; printf "%s\n" "$rc" >"$3/activation.rc.new"; mv -f "$3/activation.rc.new" "$3/activation.rc"; exit $rc' \
     sh {new} {goal} "$dir" </dev/null
 "#,
-        dir = quote(&spec.dir()),
         unit = quote(&spec.activation_unit()),
         desc = quote(&format!("tether activation for deploy {}", spec.deploy_id)),
         new = quote(spec.new_system.as_str()),
         goal = quote(goal.as_str()),
+    )
+}
+
+/// [`arm_script`] and, once the guard is armed, [`activate_script`] in the
+/// same session (one SSH session per host less on every deploy). Prints the
+/// arm result first (`arm=…`); when armed, the exit code is the
+/// activation's.
+pub fn arm_and_activate_script(spec: &GuardSpec, goal: Goal) -> String {
+    format!(
+        "{}if [ \"$armed\" = yes ]; then\n. \"$dir/params\"\n{}fi\n",
+        arm_script(spec),
+        activation_command(spec, goal)
     )
 }
 
@@ -611,9 +633,12 @@ echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
 echo "reason=$(cat "$dir/reason" 2>/dev/null)"
 echo "activation_rc=$(cat "$dir/activation.rc" 2>/dev/null)"
 echo "rollback_rc=$(cat "$dir/rollback.rc" 2>/dev/null)"
+echo "profile=$(readlink -f {profile} 2>/dev/null)"
+echo "profile_link=$(readlink {profile} 2>/dev/null)"
 echo "inspect=done"
 "#,
         dir = quote(&spec.dir()),
+        profile = quote(SYSTEM_PROFILE),
     )
 }
 
@@ -626,6 +651,9 @@ pub struct Inspection {
     pub reason: Option<String>,
     pub activation_rc: Option<i32>,
     pub rollback_rc: Option<i32>,
+    /// What the system profile points at, and its generation.
+    pub profile_system: Option<String>,
+    pub profile_generation: Option<u32>,
 }
 
 pub fn parse_inspect(stdout: &str) -> Result<Inspection, ParseError> {
@@ -640,6 +668,8 @@ pub fn parse_inspect(stdout: &str) -> Result<Inspection, ParseError> {
         reason: first(&f, "reason").map(str::to_string),
         activation_rc: first(&f, "activation_rc").and_then(|s| s.parse().ok()),
         rollback_rc: first(&f, "rollback_rc").and_then(|s| s.parse().ok()),
+        profile_system: first(&f, "profile").map(str::to_string),
+        profile_generation: first(&f, "profile_link").and_then(generation_number),
     })
 }
 

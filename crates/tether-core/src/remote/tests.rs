@@ -45,6 +45,7 @@ fn every_script_is_valid_sh_even_with_quotes_in_values() {
         preflight_script(),
         arm_script(&s),
         activate_script(&s, Goal::Test),
+        arm_and_activate_script(&s, Goal::Test),
         renew_script(&s),
         request_rollback_script(&s, "it's broken; $(rm -rf /)"),
         confirm_script(&s),
