@@ -155,16 +155,43 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// The user running tether: `$USER`, `$LOGNAME`, else the name of this
+/// process's real uid in /etc/passwd (services and CI often set neither).
 fn user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        if !u.is_empty() {
+            return u;
+        }
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        });
+    let name = uid.as_deref().and_then(|uid| {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| user_from_passwd(&passwd, uid))
+    });
+    name.or(uid.map(|u| format!("uid{u}")))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn machine() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The name /etc/passwd gives `uid`.
+fn user_from_passwd(passwd: &str, uid: &str) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
 }
 
 /// `user@machine`, as recorded with every run (and on targets).
@@ -554,6 +581,14 @@ mod tests {
             goal: Some("switch".into()),
             hosts: vec![("web1".into(), Some("/nix/store/new".into()))],
         }
+    }
+
+    #[test]
+    fn a_user_is_found_by_uid_in_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(user_from_passwd(passwd, "1000").as_deref(), Some("alice"));
+        assert_eq!(user_from_passwd(passwd, "0").as_deref(), Some("root"));
+        assert_eq!(user_from_passwd(passwd, "7"), None);
     }
 
     #[test]
