@@ -307,6 +307,9 @@ impl Job<'_> {
 /// deadline (`checks.timeout` from now) has passed. Returns the checks that
 /// never passed, in name order; empty means healthy. `on_attempt` sees every
 /// attempt as it ends.
+// Three ports (target, probe, clock), what to check, and what was already
+// seen: grouping them in a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     host: &CheckTarget,
     checks: &HostChecks,
@@ -315,6 +318,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     probe: &P,
     clock: &C,
     on_attempt: &dyn Fn(CheckAttempt),
+    seen_system: Option<&str>,
 ) -> Vec<CheckFailure> {
     let deadline = clock.now() + checks.timeout;
     let jobs: Vec<Job<'_>> = checks.checks.iter().map(Job::Declared).collect();
@@ -339,12 +343,20 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             } else {
                 DEFAULT_ATTEMPT_TIMEOUT.min(left.max(Duration::from_secs(1)))
             };
-            let state = match target
-                .run(&remote::system_state_script(), Conn::Shared, timeout, None)
-                .await
-            {
-                Ok(out) => remote::parse_system_state(&out.stdout).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            // The first look may already have been taken (`seen_system`:
+            // what the activation's session printed right after it).
+            let seen = seen_system
+                .filter(|_| attempt == 1)
+                .and_then(|out| remote::parse_system_state(out).ok());
+            let state = match seen {
+                Some(state) => Ok(state),
+                None => match target
+                    .run(&remote::system_state_script(), Conn::Shared, timeout, None)
+                    .await
+                {
+                    Ok(out) => remote::parse_system_state(&out.stdout).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
             };
             let now = clock.now();
             let mut still = Vec::new();

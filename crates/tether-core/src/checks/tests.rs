@@ -140,6 +140,7 @@ fn run(checks: &HostChecks, target: &FakeTarget, probe: &FakeProbe) -> (Vec<Chec
         probe,
         &Clock0::default(),
         &|_| attempts.set(attempts.get() + 1),
+        None,
     ));
     (failures, attempts.get())
 }

@@ -468,9 +468,10 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             if line == "arm=armed" {
                 armed.set(true);
                 self.phase(Phase::Activating);
-            } else if !line.starts_with("arm=")
-                && !line.starts_with("busy=")
-                && !line.starts_with("missing=")
+            } else if !["arm=", "busy=", "missing=", "system_state=", "failed_unit="]
+                .iter()
+                .any(|p| line.starts_with(p))
+                && line != "system=done"
             {
                 self.emit(EventKind::Output {
                     line: line.to_string(),
@@ -515,8 +516,9 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 }
             }
         }
+        let mut seen_system = None;
         match activation {
-            Ok(out) if out.exit_code == Some(0) => {}
+            Ok(out) if out.exit_code == Some(0) => seen_system = Some(out.stdout),
             Ok(out) => {
                 return TrialEnd::Abandon {
                     reason: format!(
@@ -550,7 +552,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         // Health checks before the confirmation: only a host that passes
         // them is confirmed. The lease keeper renews the lease meanwhile.
         if !job.checks.is_empty() {
-            let all = self.health_checks(facts).await;
+            let all = self.health_checks(facts, seen_system.as_deref()).await;
             if !all.is_empty() {
                 return TrialEnd::Abandon {
                     reason: format!(
@@ -830,7 +832,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     /// Runs the host's health checks (phase `checking`, one event per
     /// attempt); returns the failures, empty when all passed.
-    async fn health_checks(&self, facts: &Facts) -> Vec<String> {
+    async fn health_checks(&self, facts: &Facts, seen_system: Option<&str>) -> Vec<String> {
         let job = self.job;
         self.phase(Phase::Checking);
         let on_attempt = |a: CheckAttempt| {
@@ -850,6 +852,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             self.probe,
             self.clock,
             &on_attempt,
+            seen_system,
         )
         .await
         .iter()
@@ -935,7 +938,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             };
         }
         if !job.checks.is_empty() {
-            let all = self.health_checks(facts).await;
+            let all = self.health_checks(facts, None).await;
             if !all.is_empty() {
                 return Outcome::Unhealthy {
                     reason: format!(

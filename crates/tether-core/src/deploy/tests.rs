@@ -35,6 +35,8 @@ struct Fake {
     system: String,
     calls: RefCell<Vec<(String, Conn)>>,
     scripts: RefCell<Vec<String>>,
+    /// What the activation's session prints about the system afterwards.
+    state_after: String,
 }
 
 fn preflight(current: &str, profile: &str) -> String {
@@ -58,6 +60,7 @@ impl Fake {
             system: "system_state=running\nsystem=done\n".into(),
             calls: RefCell::new(Vec::new()),
             scripts: RefCell::new(Vec::new()),
+            state_after: String::new(),
         }
     }
     fn called(&self, what: &str) -> bool {
@@ -131,7 +134,7 @@ impl Target for Fake {
                 }
                 match self.activation {
                     Activation::Exit(code) => Ok(ScriptOutput {
-                        stdout: "arm=armed\n".into(),
+                        stdout: format!("arm=armed\n{}", self.state_after),
                         exit_code: Some(code),
                         ..Default::default()
                     }),
@@ -949,4 +952,43 @@ fn a_trial_the_host_confirmed_while_the_deployer_thought_it_lost_still_stands() 
         }
     );
     assert!(fake.called("persist"));
+}
+
+#[test]
+fn the_built_in_checks_first_look_comes_from_the_activation_session() {
+    let fake = Fake {
+        state_after: "system_state=running\nsystem=done\n".into(),
+        ..Fake::healthy()
+    };
+    let (report, events) = deploy_checked(
+        &fake,
+        Goal::Switch,
+        HostChecks::default(),
+        &FakeProbe::default(),
+    );
+    assert!(
+        matches!(report.outcome, Outcome::Confirmed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        !fake
+            .scripts
+            .borrow()
+            .iter()
+            .any(|s| s.starts_with("echo \"system_state=")),
+        "no separate session for the system state"
+    );
+    let passed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Check {
+                check,
+                passed: true,
+                ..
+            } => Some(check.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed.len(), 2, "{passed:?}");
 }

@@ -429,14 +429,19 @@ pub fn activate_script(spec: &GuardSpec, goal: Goal) -> String {
 }
 
 /// The `systemd-run` that runs the new system's activation (needs `$dir`
-/// and the deploy's params sourced).
+/// and the deploy's params sourced), then the system's state as
+/// [`system_state_script`] prints it: the health checks' first look, without
+/// a session of its own. Exits with the activation's exit code.
 fn activation_command(spec: &GuardSpec, goal: Goal) -> String {
     format!(
-        r#"exec systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
+        r#"systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
     --service-type=exec --setenv=PATH="$TOOL_PATH:/usr/bin:/bin" \
     "$SH" -c '"$1/bin/switch-to-configuration" "$2"; rc=$?; printf "%s\n" "$rc" >"$3/activation.rc.new"; mv -f "$3/activation.rc.new" "$3/activation.rc"; exit $rc' \
     sh {new} {goal} "$dir" </dev/null
+rc=$?
+{state}exit $rc
 "#,
+        state = system_state_script(),
         unit = quote(&spec.activation_unit()),
         desc = quote(&format!("tether activation for deploy {}", spec.deploy_id)),
         new = quote(spec.new_system.as_str()),

@@ -159,6 +159,7 @@ async fn check_host(
         &LocalProbe,
         clock,
         &on_attempt,
+        None,
     )
     .await;
     HostResult {
