@@ -215,27 +215,9 @@ impl Nix {
             "{program} build --no-link --json <{} derivations>",
             drvs.len()
         );
-        let output = tokio::process::Command::new(&self.program)
-            .args(["--extra-experimental-features", "nix-command flakes"])
-            .args(["build", "--no-link", "--json"])
-            .args(drvs.iter().map(StorePath::as_str))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| NixError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(NixError::Failed {
-                command,
-                status: output.status,
-                stderr_tail: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_LINES),
-            });
-        }
+        let mut args = vec!["build", "--no-link", "--json"];
+        args.extend(drvs.iter().map(StorePath::as_str));
+        let output = self.run(&args, &command).await?;
         #[derive(serde::Deserialize)]
         struct Built {
             #[serde(rename = "drvPath")]
@@ -262,6 +244,34 @@ impl Nix {
             .collect()
     }
 
+    /// Runs `nix ARGS` (with the features tether needs) to completion;
+    /// `command` names it in errors. Fails with the stderr tail unless it
+    /// exits 0.
+    async fn run(&self, args: &[&str], command: &str) -> Result<std::process::Output, NixError> {
+        tracing::debug!(%command, "running nix");
+        let output = tokio::process::Command::new(&self.program)
+            .args(["--extra-experimental-features", "nix-command flakes"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| NixError::Spawn {
+                program: self.program.to_string_lossy().into_owned(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(NixError::Failed {
+                command: command.to_string(),
+                status: output.status,
+                stderr_tail: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_LINES),
+            });
+        }
+        Ok(output)
+    }
+
     /// Runs `nix eval --json --impure --expr EXPR` and parses stdout.
     /// `what` stands in for the (long) expression in messages.
     async fn eval_json<T: serde::de::DeserializeOwned>(
@@ -271,27 +281,9 @@ impl Nix {
     ) -> Result<T, NixError> {
         let program = self.program.to_string_lossy().into_owned();
         let command = format!("{program} eval --json --impure --expr <{what} expression>");
-        tracing::debug!(%command, "running nix");
-        let output = tokio::process::Command::new(&self.program)
-            .args(["--extra-experimental-features", "nix-command flakes"])
-            .args(["eval", "--json", "--impure", "--expr", expr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| NixError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(NixError::Failed {
-                command,
-                status: output.status,
-                stderr_tail: tail(&String::from_utf8_lossy(&output.stderr), STDERR_TAIL_LINES),
-            });
-        }
+        let output = self
+            .run(&["eval", "--json", "--impure", "--expr", expr], &command)
+            .await?;
         serde_json::from_slice(&output.stdout)
             .map_err(|source| NixError::BadOutput { command, source })
     }
