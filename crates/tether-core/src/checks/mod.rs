@@ -415,7 +415,11 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             } else {
                 job.timeout().min(left.max(Duration::from_secs(1)))
             };
-            let result = attempt_once(job, host, checks, baseline, target, probe, timeout).await;
+            let Job::Declared(check) = job else {
+                // Built-in checks run in `system_run` above.
+                return None;
+            };
+            let result = attempt_once(check, host, target, probe, timeout).await;
             let passed = result.is_ok();
             let detail = match result {
                 Ok(note) | Err(note) => note,
@@ -451,97 +455,81 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
 
 /// One attempt: `Ok(note)` when it passed, `Err(what went wrong)` otherwise.
 async fn attempt_once<T: Target, P: Probe>(
-    job: &Job<'_>,
+    check: &Check,
     host: &CheckTarget,
-    checks: &HostChecks,
-    baseline: &Baseline,
     target: &T,
     probe: &P,
     timeout: Duration,
 ) -> Result<String, String> {
-    match job {
-        Job::Declared(check) => match &check.kind {
-            CheckKind::Http(http) => {
-                let request = HttpRequest {
-                    url: http.url_for(&host.address),
-                    headers: http.headers.clone(),
-                    ca_file: http.ca_file.clone(),
-                    insecure: http.insecure,
-                    timeout,
-                };
-                let response = probe
-                    .http(&request)
-                    .await
-                    .map_err(|e| format!("GET {}: {e}", request.url))?;
-                judge_http(http, &request.url, &response)
+    match &check.kind {
+        CheckKind::Http(http) => {
+            let request = HttpRequest {
+                url: http.url_for(&host.address),
+                headers: http.headers.clone(),
+                ca_file: http.ca_file.clone(),
+                insecure: http.insecure,
+                timeout,
+            };
+            let response = probe
+                .http(&request)
+                .await
+                .map_err(|e| format!("GET {}: {e}", request.url))?;
+            judge_http(http, &request.url, &response)
+        }
+        CheckKind::Tcp(tcp) => {
+            let address = tcp.address.as_ref().unwrap_or(&host.address);
+            probe
+                .tcp(address, tcp.port, timeout)
+                .await
+                .map(|()| format!("{}:{} accepts connections", address.for_url(), tcp.port))
+                .map_err(|e| format!("connecting to {}:{}: {e}", address.for_url(), tcp.port))
+        }
+        CheckKind::Command(cmd) => match cmd.on {
+            CommandOn::Deployer => {
+                let env = vec![
+                    ("TETHER_HOST".to_string(), host.name.to_string()),
+                    ("TETHER_ADDRESS".to_string(), host.address.to_string()),
+                    ("TETHER_SSH_USER".to_string(), host.ssh_user.to_string()),
+                ];
+                let out = probe.command(&cmd.command, &env, timeout).await?;
+                judge_exit(out.exit_code, &out.stderr, "on the deployer")
             }
-            CheckKind::Tcp(tcp) => {
-                let address = tcp.address.as_ref().unwrap_or(&host.address);
-                probe
-                    .tcp(address, tcp.port, timeout)
-                    .await
-                    .map(|()| format!("{}:{} accepts connections", address.for_url(), tcp.port))
-                    .map_err(|e| format!("connecting to {}:{}: {e}", address.for_url(), tcp.port))
-            }
-            CheckKind::Command(cmd) => match cmd.on {
-                CommandOn::Deployer => {
-                    let env = vec![
-                        ("TETHER_HOST".to_string(), host.name.to_string()),
-                        ("TETHER_ADDRESS".to_string(), host.address.to_string()),
-                        ("TETHER_SSH_USER".to_string(), host.ssh_user.to_string()),
-                    ];
-                    let out = probe.command(&cmd.command, &env, timeout).await?;
-                    judge_exit(out.exit_code, &out.stderr, "on the deployer")
-                }
-                CommandOn::Target => {
-                    let out = target
-                        .run(
-                            &remote::check_command_script(&cmd.command),
-                            Conn::Shared,
-                            timeout,
-                            None,
-                        )
-                        .await
-                        .map_err(|e| format!("on the target: {e}"))?;
-                    judge_exit(out.exit_code, &out.stderr, "on the target")
-                }
-            },
-            CheckKind::Units(units) => {
+            CommandOn::Target => {
                 let out = target
-                    .run(&remote::units_script(units), Conn::Shared, timeout, None)
+                    .run(
+                        &remote::check_command_script(&cmd.command),
+                        Conn::Shared,
+                        timeout,
+                        None,
+                    )
                     .await
-                    .map_err(|e| e.to_string())?;
-                let states = remote::parse_units(&out.stdout);
-                let bad: Vec<String> = units
-                    .iter()
-                    .map(|u| {
-                        let state = states
-                            .iter()
-                            .find(|(n, _)| n == u)
-                            .map(|(_, s)| s.as_str())
-                            .unwrap_or("unknown");
-                        (u, state)
-                    })
-                    .filter(|(_, s)| *s != "active")
-                    .map(|(u, s)| format!("{u} ({s})"))
-                    .collect();
-                if bad.is_empty() {
-                    Ok(format!("active: {}", units.join(", ")))
-                } else {
-                    Err(format!("not active: {}", bad.join(", ")))
-                }
+                    .map_err(|e| format!("on the target: {e}"))?;
+                judge_exit(out.exit_code, &out.stderr, "on the target")
             }
         },
-        Job::FailedUnits | Job::SystemRunning => {
+        CheckKind::Units(units) => {
             let out = target
-                .run(&remote::system_state_script(), Conn::Shared, timeout, None)
+                .run(&remote::units_script(units), Conn::Shared, timeout, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let state = remote::parse_system_state(&out.stdout).map_err(|e| e.to_string())?;
-            if matches!(job, Job::FailedUnits) {
-                judge_failed_units(checks.failed_units, baseline, &state.failed_units)
+            let states = remote::parse_units(&out.stdout);
+            let bad: Vec<String> = units
+                .iter()
+                .map(|u| {
+                    let state = states
+                        .iter()
+                        .find(|(n, _)| n == u)
+                        .map(|(_, s)| s.as_str())
+                        .unwrap_or("unknown");
+                    (u, state)
+                })
+                .filter(|(_, s)| *s != "active")
+                .map(|(u, s)| format!("{u} ({s})"))
+                .collect();
+            if bad.is_empty() {
+                Ok(format!("active: {}", units.join(", ")))
             } else {
-                judge_system_running(checks.failed_units, &state.state)
+                Err(format!("not active: {}", bad.join(", ")))
             }
         }
     }
