@@ -57,6 +57,31 @@ impl SshTarget {
         })
     }
 
+    /// A run directory (pinned known_hosts files, ControlMaster sockets)
+    /// and one target per host, in order. The directory lives as long as
+    /// the returned guard.
+    pub fn for_hosts(
+        hosts: &[Host],
+        nix_program: &OsString,
+        substitute_on_destination: bool,
+    ) -> std::io::Result<(tempfile::TempDir, Vec<SshTarget>)> {
+        let run_dir = tempfile::Builder::new().prefix("tether-").tempdir()?;
+        let targets = hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| {
+                SshTarget::new(
+                    host.clone(),
+                    index,
+                    run_dir.path(),
+                    nix_program.clone(),
+                    substitute_on_destination,
+                )
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok((run_dir, targets))
+    }
+
     fn alias(host: &Host) -> String {
         format!("tether-{}", host.name)
     }

@@ -172,16 +172,24 @@ fn persist_outcome(out: &ScriptOutput) -> Outcome {
         },
         Ok(r) => Outcome::ConfirmedNotPersisted {
             reason: format!(
-                "the host runs the new system but will boot the old one: profile {}, switch-to-configuration boot {}: {}",
-                if r.profile_set { "set" } else { "not set" },
-                exit_text(r.boot_rc),
-                tail(&out.stderr, 3)
+                "the host runs the new system but will boot the old one: {}",
+                persist_failure(&r, &out.stderr)
             ),
         },
         Err(e) => Outcome::ConfirmedNotPersisted {
             reason: format!("the host runs the new system, but persisting it did not report back ({e}); it may boot the old one"),
         },
     }
+}
+
+/// What went wrong while persisting, for a reason.
+fn persist_failure(r: &remote::PersistReport, stderr: &str) -> String {
+    format!(
+        "profile {}, switch-to-configuration boot {}: {}",
+        if r.profile_set { "set" } else { "not set" },
+        exit_text(r.boot_rc),
+        tail(stderr, 3)
+    )
 }
 
 fn exit_text(code: Option<i32>) -> String {
@@ -385,10 +393,8 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 },
                 Ok(r) => Outcome::Failed {
                     reason: format!(
-                        "setting the boot default: profile {}, switch-to-configuration boot {}: {}",
-                        if r.profile_set { "set" } else { "not set" },
-                        exit_text(r.boot_rc),
-                        tail(&out.stderr, 3)
+                        "setting the boot default: {}",
+                        persist_failure(&r, &out.stderr)
                     ),
                 },
                 Err(e) => Outcome::Unknown {

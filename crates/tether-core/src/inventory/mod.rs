@@ -100,23 +100,10 @@ const ROLLOUT_FIELDS: &[&str] = &[
 ];
 const HOST_ONLY_FIELDS: &[&str] = &["address", "hostKey", "machineId", "configuration"];
 
-/// Every field a host accepts: its own plus the shared [`Settings`].
-const HOST_FIELDS: &[&str] = &[
-    "address",
-    "hostKey",
-    "machineId",
-    "configuration",
-    "sshUser",
-    "sshPort",
-    "tags",
-    "sshOptions",
-    "timeouts",
-    "checks",
-    "failedUnits",
-    "systemRunning",
-    "checkTimeout",
-    "checkInterval",
-];
+/// Every field a host accepts: its own plus the shared [`Settings`]
+/// (derived, so a new setting cannot be forgotten here).
+static HOST_FIELDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| [HOST_ONLY_FIELDS, Settings::FIELDS].concat());
 
 impl Inventory {
     /// Builds an inventory directly from validated hosts (for tests and
@@ -327,7 +314,7 @@ fn read_host(
             None
         }
     };
-    let mut fields = Fields::new(location, None, value, HOST_FIELDS, errors)?;
+    let mut fields = Fields::new(location, None, value, &HOST_FIELDS, errors)?;
     let address = fields.required::<Address>("address");
     let host_key = read_host_key(&mut fields);
     let machine_id = fields.parse::<MachineId>("machineId");

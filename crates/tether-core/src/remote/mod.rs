@@ -416,18 +416,6 @@ pub fn parse_arm(stdout: &str) -> Result<ArmResult, ParseError> {
     }
 }
 
-/// Runs the new system's `switch-to-configuration GOAL` as its own transient
-/// unit, so losing SSH or restarting sshd cannot kill it half-way; its output
-/// streams back through `--pipe` and the script exits with its exit code,
-/// which is also recorded for the guard (`activation.rc`).
-pub fn activate_script(spec: &GuardSpec, goal: Goal) -> String {
-    format!(
-        "set -u\ndir={}\n. \"$dir/params\"\n{}",
-        quote(&spec.dir()),
-        activation_command(spec, goal)
-    )
-}
-
 /// The `systemd-run` that runs the new system's activation (needs `$dir`
 /// and the deploy's params sourced), then the system's state as
 /// [`system_state_script`] prints it: the health checks' first look, without
@@ -449,8 +437,9 @@ rc=$?
     )
 }
 
-/// [`arm_script`] and, once the guard is armed, [`activate_script`] in the
-/// same session (one SSH session per host less on every deploy). Prints the
+/// [`arm_script`] and, once the guard is armed, the activation (the new
+/// system's `switch-to-configuration GOAL` in its own transient unit, so
+/// losing SSH or restarting sshd cannot kill it half-way) in the same session (one SSH session per host less on every deploy). Prints the
 /// arm result first (`arm=…`); when armed, the exit code is the
 /// activation's.
 pub fn arm_and_activate_script(spec: &GuardSpec, goal: Goal) -> String {

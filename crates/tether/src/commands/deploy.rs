@@ -2,7 +2,6 @@
 //! evaluation, one build), then roll them out with the safe switch on each
 //! host: canaries first, then batches, at most `--parallel` at once.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tether_core::checks::CheckTarget;
@@ -197,24 +196,6 @@ pub fn base_job(
     })
 }
 
-/// An OpenSSH target for a host, its pinned key written into `run_dir`.
-pub fn ssh_target(
-    ctx: &Context,
-    host: &Host,
-    index: usize,
-    run_dir: &Path,
-    substitute_on_destination: bool,
-) -> Result<SshTarget, CommandError> {
-    SshTarget::new(
-        host.clone(),
-        index,
-        run_dir,
-        ctx.nix.program().clone(),
-        substitute_on_destination,
-    )
-    .map_err(CommandError::Output)
-}
-
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     if args.dry_run {
         let plan = crate::commands::plan::Args::for_dry_run(args.copy, args.json);
@@ -227,15 +208,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             eprintln!("{msg}");
         }
     };
-    let run_dir = tempfile::Builder::new()
-        .prefix("tether-")
-        .tempdir()
-        .map_err(CommandError::Output)?;
-    let targets: Vec<SshTarget> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| ssh_target(ctx, h, i, run_dir.path(), args.substitute_on_destination))
-        .collect::<Result<_, _>>()?;
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), args.substitute_on_destination)
+            .map_err(CommandError::Output)?;
 
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
     // Connecting (key exchange, pinned-key check) overlaps evaluation and

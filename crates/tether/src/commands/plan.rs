@@ -86,12 +86,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         }
     }
 
-    let run_dir = tempfile::Builder::new()
-        .prefix("tether-")
-        .tempdir()
-        .map_err(CommandError::Output)?;
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
     let mut work: Vec<(PlanJob, SshTarget)> = Vec::new();
-    for (index, host) in hosts.iter().enumerate() {
+    for (host, target) in hosts.iter().zip(targets) {
         let system = built.get(&host.name).ok_or_else(|| {
             CommandError::Usage(format!(
                 "host {:?}: no system was built",
@@ -100,14 +98,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         })?;
         let new_system = system.path.clone();
         let (new_closure, new_units) = locals.get(&new_system).cloned().unwrap_or_default();
-        let target = SshTarget::new(
-            host.clone(),
-            index,
-            run_dir.path(),
-            ctx.nix.program().clone(),
-            false,
-        )
-        .map_err(CommandError::Output)?;
         work.push((
             job(
                 host,

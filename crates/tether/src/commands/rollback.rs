@@ -13,7 +13,7 @@ use tether_core::remote::status::{parse_status, status_script, HostStatus};
 use tether_core::remote::{Goal, PersistMode};
 
 use crate::cli::Context;
-use crate::commands::deploy::{base_job, rollout_plan, ssh_target, RolloutArgs, TimeoutArgs};
+use crate::commands::deploy::{base_job, rollout_plan, RolloutArgs, TimeoutArgs};
 use crate::exit::CommandError;
 use crate::runner::{self, Prepared, RunOptions};
 use crate::ssh::SshTarget;
@@ -124,15 +124,8 @@ async fn resolve(
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (inventory, hosts) = ctx.selected_hosts().await?;
     let plan = rollout_plan(&args.rollout, &inventory, &hosts)?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("tether-")
-        .tempdir()
-        .map_err(CommandError::Output)?;
-    let targets: Vec<SshTarget> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| ssh_target(ctx, h, i, run_dir.path(), false))
-        .collect::<Result<_, _>>()?;
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
     let resolved = futures::future::join_all(
         hosts
             .iter()

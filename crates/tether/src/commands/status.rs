@@ -224,23 +224,8 @@ async fn status_of(
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (_inventory, hosts) = ctx.selected_hosts().await?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("tether-")
-        .tempdir()
-        .map_err(CommandError::Output)?;
-    let mut targets = Vec::new();
-    for (index, host) in hosts.iter().enumerate() {
-        targets.push(
-            SshTarget::new(
-                host.clone(),
-                index,
-                run_dir.path(),
-                ctx.nix.program().clone(),
-                false,
-            )
-            .map_err(CommandError::Output)?,
-        );
-    }
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
     // Status is still worth showing without the deployer's journal.
     let journal = match Journal::open_default() {
         Ok(j) => Some(j),
