@@ -53,7 +53,7 @@ fn rollback_returns_to_the_previous_generation_and_forward_again() {
     );
 
     let forward = run_json(&f, &["rollback", "--json", "--to", &gen_b.to_string()]);
-    assert_eq!(forward.code, 0, "{}", forward.stderr);
+    assert_eq!(forward.code, 0, "{}\n{:#}", forward.stderr, forward.summary);
     assert_eq!(f.current("host1"), b);
     assert_eq!(f.boot_default("host1"), b);
     assert_eq!(f.generation("host1"), gen_b);
