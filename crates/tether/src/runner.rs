@@ -238,9 +238,8 @@ pub async fn execute(
     )
     .await;
     signals.abort();
-    for t in &targets {
-        t.close().await;
-    }
+    // All at once: the run is over only when the last one is closed.
+    futures::future::join_all(targets.iter().map(SshTarget::close)).await;
     reports.extend(decided);
     reports.sort_by(|a, b| a.host.cmp(&b.host));
     let code = tether_core::deploy::outcome::exit_code(&reports);

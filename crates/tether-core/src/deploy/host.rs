@@ -422,8 +422,9 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
         let trouble = RefCell::new(None);
         let armed = Cell::new(false);
-        let trial = std::pin::pin!(self.trial(&spec, facts, &trouble, &armed));
-        let keeper = std::pin::pin!(self.keep_lease(&spec, &armed));
+        let renewed = Cell::new(self.clock.now());
+        let trial = std::pin::pin!(self.trial(&spec, facts, &trouble, &armed, &renewed));
+        let keeper = std::pin::pin!(self.keep_lease(&spec, &armed, &renewed));
         let end = match select(trial, keeper).await {
             Either::Left((end, _)) => end,
             // Say first what went wrong in the trial, then what the guard did.
@@ -457,13 +458,15 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     /// Activation, then confirmation over fresh connections.
     /// `trouble` records the latest problem, for the report when the lease
-    /// keeper ends the trial first.
+    /// keeper ends the trial first; `renewed` is when the lease was last
+    /// renewed (the activation's session renews it on success).
     async fn trial(
         &self,
         spec: &GuardSpec,
         facts: &Facts,
         trouble: &RefCell<Option<String>>,
         armed: &Cell<bool>,
+        renewed: &Cell<Duration>,
     ) -> TrialEnd {
         let job = self.job;
         let to = &job.timeouts;
@@ -474,9 +477,16 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             if line == "arm=armed" {
                 armed.set(true);
                 self.phase(Phase::Activating);
-            } else if !["arm=", "busy=", "missing=", "system_state=", "failed_unit="]
-                .iter()
-                .any(|p| line.starts_with(p))
+            } else if ![
+                "arm=",
+                "busy=",
+                "missing=",
+                "system_state=",
+                "failed_unit=",
+                "lease_renewed=",
+            ]
+            .iter()
+            .any(|p| line.starts_with(p))
                 && line != "system=done"
             {
                 self.emit(EventKind::Output {
@@ -524,7 +534,12 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         }
         let mut seen_system = None;
         match activation {
-            Ok(out) if out.exit_code == Some(0) => seen_system = Some(out.stdout),
+            Ok(out) if out.exit_code == Some(0) => {
+                if remote::lease_renewed(&out.stdout) {
+                    renewed.set(self.clock.now());
+                }
+                seen_system = Some(out.stdout)
+            }
             Ok(out) => {
                 return TrialEnd::Abandon {
                     reason: format!(
@@ -633,18 +648,35 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         }
     }
 
-    /// Renews the lease until the guard leaves the trial on its own or the
-    /// host has not answered for a whole lease. Returns why it stopped.
-    async fn keep_lease(&self, spec: &GuardSpec, armed: &Cell<bool>) -> String {
+    /// Renews the lease a fifth of a lease after its last renewal (by this
+    /// keeper or by another session of the trial), until the guard leaves
+    /// the trial on its own or the host has not answered for a whole lease.
+    /// Returns why it stopped.
+    async fn keep_lease(
+        &self,
+        spec: &GuardSpec,
+        armed: &Cell<bool>,
+        renewed: &Cell<Duration>,
+    ) -> String {
         let lease = spec.lease;
         let every = (lease / 5).max(Duration::from_millis(500));
-        let mut last_ok = self.clock.now();
+        let mut next_try = self.clock.now() + every;
         loop {
-            self.clock.sleep(every).await;
+            let now = self.clock.now();
+            if now < next_try {
+                self.clock.sleep(next_try - now).await;
+                continue;
+            }
             if !armed.get() {
                 // Arming is under way in the trial's session; the lease
                 // starts with it.
-                last_ok = self.clock.now();
+                renewed.set(now);
+                next_try = now + every;
+                continue;
+            }
+            let due = renewed.get() + every;
+            if now < due {
+                next_try = due;
                 continue;
             }
             match self
@@ -658,7 +690,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 .await
             {
                 Ok(out) => match remote::parse_state(&out.stdout) {
-                    Ok(GuardState::Armed | GuardState::Confirmed) => last_ok = self.clock.now(),
+                    Ok(GuardState::Armed | GuardState::Confirmed) => renewed.set(self.clock.now()),
                     Ok(GuardState::RolledBack | GuardState::RollingBack) => {
                         return "the host's guard rolled it back".to_string()
                     }
@@ -669,12 +701,13 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 },
                 Err(e) => self.warn(format!("could not renew the lease: {e}")),
             }
-            if self.clock.now().saturating_sub(last_ok) >= lease {
+            if self.clock.now().saturating_sub(renewed.get()) >= lease {
                 return format!(
                     "lost contact with the host for the whole lease ({}s); its guard rolls it back",
                     lease.as_secs()
                 );
             }
+            next_try = self.clock.now() + every;
         }
     }
 

@@ -37,6 +37,13 @@ struct Fake {
     scripts: RefCell<Vec<String>>,
     /// What the activation's session prints about the system afterwards.
     state_after: String,
+    /// How long the activation and each confirmation take, in tokio's
+    /// (paused) test time; zero for tests on the virtual clock.
+    activation_takes: Duration,
+    confirm_takes: Duration,
+    /// When each renewal arrived (tokio test time since the deploy began).
+    renewals: RefCell<Vec<Duration>>,
+    started: Cell<Option<tokio::time::Instant>>,
 }
 
 fn preflight(current: &str, profile: &str) -> String {
@@ -61,6 +68,10 @@ impl Fake {
             calls: RefCell::new(Vec::new()),
             scripts: RefCell::new(Vec::new()),
             state_after: String::new(),
+            activation_takes: Duration::ZERO,
+            confirm_takes: Duration::ZERO,
+            renewals: RefCell::new(Vec::new()),
+            started: Cell::new(None),
         }
     }
     fn called(&self, what: &str) -> bool {
@@ -119,6 +130,16 @@ impl Target for Fake {
         self.calls.borrow_mut().push((kind.to_string(), conn));
         self.scripts.borrow_mut().push(script.to_string());
         let hang = kind == "activate" && self.activation == Activation::Hang;
+        let takes = match kind {
+            "activate" => self.activation_takes,
+            "confirm" => self.confirm_takes,
+            _ => Duration::ZERO,
+        };
+        if kind == "renew" {
+            if let Some(start) = self.started.get() {
+                self.renewals.borrow_mut().push(start.elapsed());
+            }
+        }
         let result = match kind {
             // After a persisted deploy the host runs (and boots) the new system.
             "preflight" if self.called("persist") => self
@@ -169,6 +190,9 @@ impl Target for Fake {
         async move {
             if hang {
                 std::future::pending::<()>().await;
+            }
+            if !takes.is_zero() {
+                tokio::time::sleep(takes).await;
             }
             result
         }
@@ -991,4 +1015,87 @@ fn the_built_in_checks_first_look_comes_from_the_activation_session() {
         })
         .collect();
     assert_eq!(passed.len(), 2, "{passed:?}");
+}
+
+/// A clock on tokio's paused test time: the trial and the lease keeper
+/// sleep concurrently, as they do for real.
+struct TokioClock(tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
+        tokio::time::sleep(d)
+    }
+}
+
+/// Deploys on tokio's paused clock; returns when each renewal arrived.
+fn renewals_during(fake: Fake) -> Vec<Duration> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        fake.started.set(Some(start));
+        let clock = TokioClock(start);
+        let report = run_host(
+            &job(Goal::Switch),
+            &fake,
+            &FakeProbe::default(),
+            &clock,
+            &Recorder::default(),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(
+            matches!(report.outcome, Outcome::Confirmed { .. }),
+            "{:?}",
+            report.outcome
+        );
+    });
+    fake.renewals.into_inner()
+}
+
+fn whole_seconds(times: &[Duration]) -> Vec<u64> {
+    times.iter().map(|t| t.as_secs()).collect()
+}
+
+#[test]
+fn the_keeper_renews_every_fifth_of_a_lease_during_a_slow_trial() {
+    // Lease 15 s: a renewal every 3 s while activation (4 s) and the
+    // confirmation (5 s) take their time.
+    let fake = Fake {
+        activation_takes: Duration::from_secs(4),
+        confirm_takes: Duration::from_secs(5),
+        ..Fake::healthy()
+    };
+    assert_eq!(whole_seconds(&renewals_during(fake)), vec![3, 6]);
+}
+
+#[test]
+fn a_renewal_by_the_activation_session_postpones_the_keepers_next() {
+    // The activation's session renewed the lease when it ended (4 s): the
+    // keeper's next renewal is a fifth of a lease after that, not after its
+    // own last one.
+    let fake = Fake {
+        activation_takes: Duration::from_secs(4),
+        confirm_takes: Duration::from_secs(5),
+        state_after: "lease_renewed=yes\n".into(),
+        ..Fake::healthy()
+    };
+    assert_eq!(whole_seconds(&renewals_during(fake)), vec![3, 7]);
+}
+
+#[test]
+fn a_short_trial_renewed_by_its_activation_needs_no_renewal_session() {
+    let fake = Fake {
+        activation_takes: Duration::from_millis(800),
+        confirm_takes: Duration::from_millis(1500),
+        state_after: "lease_renewed=yes\n".into(),
+        ..Fake::healthy()
+    };
+    assert!(renewals_during(fake).is_empty());
 }

@@ -16,14 +16,19 @@ set -u
 dir=$1
 . "$dir/params"
 
-# Builtins only in the polling path: the guard runs beside the activation and
-# the health checks and should cost them no CPU.
-uptime_s() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
-state() { s=; read -r s <"$dir/state" 2>/dev/null; echo "$s"; }
-lease() { l=0; read -r l <"$dir/lease" 2>/dev/null; echo "$l"; }
+# Builtins only, and no subshells, in the polling path: the guard runs
+# beside the activation and the health checks and should cost them no CPU.
+# A lease that cannot be read counts as lapsed.
+look() {
+    st=; read -r st 2>/dev/null <"$dir/state"
+    read -r up _ </proc/uptime
+    now=${up%%.*}
+    lease=; read -r lease 2>/dev/null <"$dir/lease"
+    case "$lease" in '' | *[!0-9]*) lease=0 ;; esac
+}
 
 journal() {
-    mkdir -p /var/lib/tether
+    [ -d /var/lib/tether ] || mkdir -p /var/lib/tether
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$DEPLOY_ID" "$1" \
         "$OLD" "$NEW" "guard" "$2" >>/var/lib/tether/journal
 }
@@ -37,7 +42,8 @@ move() {
 }
 
 release_lock() {
-    if [ "$(cat "$LOCK_DIR/deploy" 2>/dev/null)" = "$DEPLOY_ID" ]; then
+    holder=; read -r holder 2>/dev/null <"$LOCK_DIR/deploy"
+    if [ "$holder" = "$DEPLOY_ID" ]; then
         rm -rf "$LOCK_DIR"
     fi
 }
@@ -64,7 +70,8 @@ rollback() {
 
 journal armed "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
 while :; do
-    case "$(state)" in
+    look
+    case "$st" in
     armed)
         if [ -e "$dir/rollback-request" ]; then
             rollback "deployer asked: $(cat "$dir/rollback-request")"
@@ -77,13 +84,13 @@ while :; do
                 exit 0
             fi
         fi
-        if [ "$(uptime_s)" -ge "$(lease)" ]; then
+        if [ "$now" -ge "$lease" ]; then
             rollback "lease expired: the deployer did not confirm in time"
             exit 0
         fi
         ;;
     confirmed)
-        if [ "$(uptime_s)" -ge "$(lease)" ]; then
+        if [ "$now" -ge "$lease" ]; then
             journal confirmed-unfinished "confirmed, but the deployer never reported persisting"
             release_lock
             exit 0

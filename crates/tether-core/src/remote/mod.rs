@@ -206,14 +206,18 @@ pub fn preflight_script_for(new_system: Option<&StorePath>) -> String {
     format!(
         r#"set -u
 {has_new}
-echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
-echo "hostname=$(cat /proc/sys/kernel/hostname)"
+# `read` rather than `cat`: this runs on every host of every deploy.
+mid=; read -r mid 2>/dev/null </etc/machine-id
+echo "machine_id=$mid"
+name=; read -r name </proc/sys/kernel/hostname
+echo "hostname=$name"
 echo "arch=$(uname -m)"
 echo "current=$(readlink -f /run/current-system 2>/dev/null)"
 echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
 echo "profile=$(readlink -f {profile} 2>/dev/null)"
 echo "profile_link=$(readlink {profile} 2>/dev/null)"
-echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+read -r boot </proc/sys/kernel/random/boot_id
+echo "boot_id=$boot"
 for t in systemd-run systemctl flock nix-env nix-store readlink; do
     command -v "$t" >/dev/null 2>&1 || echo "missing=$t"
 done
@@ -222,9 +226,10 @@ systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | whil
     echo "failed_unit=$unit"
 done
 if [ -d {lock} ]; then
-    unit=$(cat {lock}/unit 2>/dev/null)
+    unit=; read -r unit 2>/dev/null <{lock}/unit
     if [ -n "$unit" ] && systemctl is-active --quiet "$unit" 2>/dev/null; then
-        echo "busy=$(cat {lock}/deploy 2>/dev/null)"
+        holder=; read -r holder 2>/dev/null <{lock}/deploy
+        echo "busy=$holder"
     fi
 fi
 echo "preflight=done"
@@ -313,11 +318,11 @@ pub fn arm_script(spec: &GuardSpec) -> String {
         r#"set -u
 dir={dir}
 lockdir={lock}
-mkdir -p {run}/deploys
+[ -d {run}/deploys ] || mkdir -p {run}/deploys
 # Resolve the guard's tools now, to store paths on NixOS: the guard must keep
 # working while /run/current-system changes under it.
 paths=
-for t in sh flock systemctl cut sleep readlink date mv cat rm mkdir; do
+for t in sh flock systemctl sleep readlink date mv cat rm mkdir; do
     p=$(command -v "$t") || {{ echo "arm=missing-tool"; echo "missing=$t"; exit 0; }}
     paths="$paths $p"
 done
@@ -332,10 +337,11 @@ done
 exec 9>{run}/lock.flock
 flock 9
 if [ -d "$lockdir" ]; then
-    unit=$(cat "$lockdir/unit" 2>/dev/null)
+    unit=; read -r unit 2>/dev/null <"$lockdir/unit"
     if [ -n "$unit" ] && systemctl is-active --quiet "$unit"; then
+        holder=; read -r holder 2>/dev/null <"$lockdir/deploy"
         echo "arm=busy"
-        echo "busy=$(cat "$lockdir/deploy" 2>/dev/null)"
+        echo "busy=$holder"
         exit 0
     fi
     rm -rf "$lockdir"
@@ -427,14 +433,23 @@ fn activation_command(spec: &GuardSpec, goal: Goal) -> String {
     "$SH" -c '"$1/bin/switch-to-configuration" "$2"; rc=$?; printf "%s\n" "$rc" >"$3/activation.rc.new"; mv -f "$3/activation.rc.new" "$3/activation.rc"; exit $rc' \
     sh {new} {goal} "$dir" </dev/null
 rc=$?
+# A successful activation renews the lease on its way out: the lease keeper
+# then needs no session of its own for a short trial.
+if [ "$rc" = 0 ] && {bump}; then echo "lease_renewed=yes"; fi
 {state}exit $rc
 "#,
+        bump = lease_bump(spec),
         state = system_state_script(),
         unit = quote(&spec.activation_unit()),
         desc = quote(&format!("tether activation for deploy {}", spec.deploy_id)),
         new = quote(spec.new_system.as_str()),
         goal = quote(goal.as_str()),
     )
+}
+
+/// Whether the activation's session renewed the lease on its way out.
+pub fn lease_renewed(stdout: &str) -> bool {
+    first(&parse_fields(stdout), "lease_renewed") == Some("yes")
 }
 
 /// [`arm_script`] and, once the guard is armed, the activation (the new
@@ -450,17 +465,30 @@ pub fn arm_and_activate_script(spec: &GuardSpec, goal: Goal) -> String {
     )
 }
 
+/// A shell command (needs `$dir`) that pushes the trial's lease to a full
+/// lease from now on the host's clock. No lock: the lease is only a
+/// deadline, and a bump that lands after the guard decided to roll back
+/// changes nothing. Written whole and renamed, as the guard reads it
+/// without a lock and must never see it empty.
+fn lease_bump(spec: &GuardSpec) -> String {
+    format!(
+        r#"{{ read -r up _ </proc/uptime && echo $(( ${{up%%.*}} + {lease} )) >"$dir/lease.new" && mv -f "$dir/lease.new" "$dir/lease"; }} 2>/dev/null"#,
+        lease = spec.lease_secs(),
+    )
+}
+
 /// Extends the lease while the trial (or the persisting after a
 /// confirmation) goes on; prints the guard's state either way.
 pub fn renew_script(spec: &GuardSpec) -> String {
     format!(
         r#"set -u
 dir={dir}
-flock "$dir/state.lock" sh -c 'case "$(cat "$1/state")" in armed|confirmed) echo $(( $(cut -d. -f1 /proc/uptime) + $2 )) >"$1/lease.new" && mv -f "$1/lease.new" "$1/lease" ;; esac' sh "$dir" {lease}
-echo "state=$(cat "$dir/state" 2>/dev/null || echo missing)"
+[ -d "$dir" ] && {bump}
+st=missing; read -r st 2>/dev/null <"$dir/state"
+echo "state=$st"
 "#,
         dir = quote(&spec.dir()),
-        lease = spec.lease_secs(),
+        bump = lease_bump(spec),
     )
 }
 
@@ -529,10 +557,10 @@ echo "reason=$reason"
 /// [`confirm_script`], then, only when the confirmation succeeded, `then`
 /// (persisting) in the same session: one fresh connection does both.
 pub fn confirm_then(spec: &GuardSpec, then: &str) -> String {
+    // `$st` is the state the confirmation script read last.
     format!(
-        "{}if [ \"$(cat {}/state 2>/dev/null)\" = confirmed ]; then\n{then}\nfi\n",
+        "{}if [ \"$st\" = confirmed ]; then\n{then}\nfi\n",
         confirm_script(spec),
-        quote(&spec.dir())
     )
 }
 
@@ -779,7 +807,7 @@ pub fn journal_script(
     detail: &str,
 ) -> String {
     format!(
-        r#"mkdir -p /var/lib/tether && printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {id} {event} {old} {new} deployer {detail} >>{journal}
+        r#"{{ [ -d /var/lib/tether ] || mkdir -p /var/lib/tether; }} && printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {id} {event} {old} {new} deployer {detail} >>{journal}
 "#,
         id = quote(deploy_id.as_str()),
         event = quote(event),

@@ -48,6 +48,10 @@ fn every_script_is_valid_sh_even_with_quotes_in_values() {
         renew_script(&s),
         request_rollback_script(&s, "it's broken; $(rm -rf /)"),
         confirm_script(&s),
+        confirm_then(
+            &s,
+            &persist_script(&s.new_system, PersistMode::SetProfile, Some(&s)),
+        ),
         inspect_script(&s),
         persist_script(&s.new_system, PersistMode::SetProfile, Some(&s)),
         persist_script(&s.new_system, PersistMode::SwitchGeneration(3), None),
