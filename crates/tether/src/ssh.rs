@@ -128,6 +128,22 @@ impl SshTarget {
     }
 
     /// Opens the shared connection ahead of use (its key exchange and
+    /// pinned-key check then overlap other work), running `first` as its
+    /// first session: the connection stays open (ControlPersist) for the
+    /// sessions that follow. Returns `first`'s output when it ran; failures
+    /// are left to the deploy, which asks again and reports them properly.
+    pub async fn open_with(&self, first: &str, timeout: Duration) -> Option<ScriptOutput> {
+        let run = self.run_script(
+            &["-o", "ControlMaster=yes"],
+            first,
+            Conn::Shared,
+            timeout,
+            None,
+        );
+        run.await.ok()
+    }
+
+    /// Opens the shared connection ahead of use (its key exchange and
     /// pinned-key check then overlap other work). Failures are ignored here:
     /// the preflight reports them properly.
     pub async fn warm_up(&self) {
@@ -208,15 +224,19 @@ async fn read_lines<R: AsyncRead + Unpin>(
     Ok(all)
 }
 
-impl Target for SshTarget {
-    async fn run(
+impl SshTarget {
+    /// Runs `script` on the host; `first_options` go before the usual ones
+    /// (ssh keeps the first value it sees of an option).
+    async fn run_script(
         &self,
+        first_options: &[&str],
         script: &str,
         conn: Conn,
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
     ) -> Result<ScriptOutput, RemoteError> {
         let mut child = child_command("ssh")
+            .args(first_options)
             .args(self.options(conn))
             .arg(self.host.address.to_string())
             // The remote login shell runs this; `sh -c` makes the script's
@@ -263,6 +283,18 @@ impl Target for SshTarget {
             stderr,
             exit_code: status.code(),
         })
+    }
+}
+
+impl Target for SshTarget {
+    async fn run(
+        &self,
+        script: &str,
+        conn: Conn,
+        timeout: Duration,
+        on_line: Option<&dyn Fn(&str)>,
+    ) -> Result<ScriptOutput, RemoteError> {
+        self.run_script(&[], script, conn, timeout, on_line).await
     }
 
     async fn copy(&self, path: &StorePath, timeout: Duration) -> Result<(), RemoteError> {

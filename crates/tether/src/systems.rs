@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tether_core::inventory::{HostName, StorePath};
+use tether_core::inventory::{HostName, StorePath, Toplevel};
 
 use crate::cli::Context;
 use crate::exit::CommandError;
@@ -23,8 +23,29 @@ pub async fn build_systems(
     hosts: &[HostName],
     say: &dyn Fn(String),
 ) -> Result<BTreeMap<HostName, BuiltSystem>, CommandError> {
+    let toplevels = evaluate(ctx, hosts, say).await?;
+    build_evaluated(ctx, hosts, &toplevels, say).await
+}
+
+/// Evaluates the system toplevels of `hosts` (one `nix eval`); nothing is
+/// built yet, but each one's out path is known.
+pub async fn evaluate(
+    ctx: &Context,
+    hosts: &[HostName],
+    say: &dyn Fn(String),
+) -> Result<BTreeMap<HostName, Toplevel>, CommandError> {
     say(format!("evaluating {} host(s)", hosts.len()));
-    let toplevels = ctx.nix.eval_toplevels(&ctx.source, hosts).await?;
+    Ok(ctx.nix.eval_toplevels(&ctx.source, hosts).await?)
+}
+
+/// Builds what [`evaluate`] found (one `nix build` of the distinct
+/// derivations).
+pub async fn build_evaluated(
+    ctx: &Context,
+    hosts: &[HostName],
+    toplevels: &BTreeMap<HostName, Toplevel>,
+    say: &dyn Fn(String),
+) -> Result<BTreeMap<HostName, BuiltSystem>, CommandError> {
     let mut drvs: Vec<StorePath> = toplevels.values().map(|t| t.drv_path.clone()).collect();
     drvs.sort();
     drvs.dedup();

@@ -651,7 +651,7 @@ fn judge_system_running(mode: FailedUnits, state: &str) -> Result<String, String
         "degraded" if mode != FailedUnits::Any => Ok("degraded (failed units allowed)".into()),
         "degraded" => Err("degraded: some unit has failed (failedUnits = \"any\")".into()),
         "initializing" | "starting" => Err(format!("still {state}")),
-        "" => Err("systemctl is-system-running printed nothing".into()),
+        "" => Err("systemd reported no system state".into()),
         other => Err(format!("{other} (expected running)")),
     }
 }

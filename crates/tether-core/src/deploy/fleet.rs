@@ -222,6 +222,8 @@ async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         source: SystemSource::OnTarget,
         persist: PersistMode::SetProfile,
         reboot: None,
+        // The host has changed since that preflight: ask afresh.
+        early_preflight: None,
         ..job.clone()
     };
     let r = run_host(&revert_job, target, probe, clock, reporter, run_started).await;

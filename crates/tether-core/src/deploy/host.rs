@@ -79,6 +79,12 @@ pub struct HostJob {
     /// Reboot after persisting and wait this long for the host to come back
     /// on the new system (`deploy --reboot`).
     pub reboot: Option<Duration>,
+    /// The preflight's output when the caller already ran
+    /// [`remote::preflight_script_for`] with this job's new system (as the
+    /// shared connection's first session, while the system was being
+    /// built); the deploy then uses it instead of asking again. Arming
+    /// re-checks that the host still runs the system it saw.
+    pub early_preflight: Option<ScriptOutput>,
 }
 
 /// Where a host's new system comes from.
@@ -285,16 +291,20 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     async fn preflight(&self) -> Result<Facts, Outcome> {
         let job = self.job;
-        let out = match self
-            .sh(
-                &remote::preflight_script_for(
-                    (job.source == SystemSource::Copy).then_some(&job.new_system),
-                ),
-                Conn::Shared,
-                job.timeouts.command,
-            )
-            .await
-        {
+        let asked = match &job.early_preflight {
+            Some(out) => Ok(out.clone()),
+            None => {
+                self.sh(
+                    &remote::preflight_script_for(
+                        (job.source == SystemSource::Copy).then_some(&job.new_system),
+                    ),
+                    Conn::Shared,
+                    job.timeouts.command,
+                )
+                .await
+            }
+        };
+        let out = match asked {
             Ok(out) => out,
             Err(RemoteError::HostKey(m)) => {
                 return Err(Outcome::Refused {
@@ -484,6 +494,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 "system_state=",
                 "failed_unit=",
                 "lease_renewed=",
+                "current=",
             ]
             .iter()
             .any(|p| line.starts_with(p))
@@ -511,6 +522,15 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 Ok(ArmResult::Busy(other)) => {
                     return TrialEnd::Done(Outcome::Refused {
                         reason: format!("another deploy ({other}) is in progress on this host"),
+                    })
+                }
+                Ok(ArmResult::Changed(now)) => {
+                    return TrialEnd::Done(Outcome::Refused {
+                        reason: format!(
+                            "the host's system changed since the preflight (it saw {}, the host now runs {}); nothing was activated",
+                            spec.old_system,
+                            if now.is_empty() { "nothing" } else { &now }
+                        ),
                     })
                 }
                 Ok(ArmResult::MissingTool(t)) => {

@@ -44,6 +44,8 @@ struct Fake {
     /// When each renewal arrived (tokio test time since the deploy began).
     renewals: RefCell<Vec<Duration>>,
     started: Cell<Option<tokio::time::Instant>>,
+    /// What arming prints instead of `arm=armed` (then nothing activates).
+    arm_refusal: Option<String>,
 }
 
 fn preflight(current: &str, profile: &str) -> String {
@@ -72,6 +74,7 @@ impl Fake {
             confirm_takes: Duration::ZERO,
             renewals: RefCell::new(Vec::new()),
             started: Cell::new(None),
+            arm_refusal: None,
         }
     }
     fn called(&self, what: &str) -> bool {
@@ -148,6 +151,9 @@ impl Target for Fake {
                 .and_then(|s| ok(&s.replace(&format!("={OLD}"), &format!("={NEW}")))),
             "preflight" => self.preflight.clone().and_then(|s| ok(&s)),
             "arm" => ok("arm=armed\n"),
+            "activate" if self.arm_refusal.is_some() => {
+                ok(self.arm_refusal.as_deref().unwrap_or_default())
+            }
             "activate" => {
                 self.calls.borrow_mut().push(("arm".into(), conn));
                 if let Some(f) = on_line {
@@ -251,6 +257,7 @@ fn job(goal: Goal) -> HostJob {
         source: host::SystemSource::Copy,
         persist: crate::remote::PersistMode::SetProfile,
         reboot: None,
+        early_preflight: None,
     }
 }
 
@@ -930,6 +937,53 @@ mod rollout {
     }
 
     #[test]
+    fn a_revert_asks_its_own_preflight_and_never_reuses_the_early_one() {
+        let names: Vec<HostName> = vec!["host1".parse().unwrap(), "host2".parse().unwrap()];
+        let plan = plan_stages(
+            &names,
+            &[],
+            &RolloutSettings {
+                batch: Some(BatchSize::Count(1)),
+                max_failures: Some(0),
+                revert_on_failure: Some(true),
+                ..Default::default()
+            },
+        );
+        let interrupted = AtomicBool::new(false);
+        let token = || Token::new("fedcba9876543210fedcba9876543210");
+        let fakes = [revertible(), broken()];
+        let jobs = fakes
+            .iter()
+            .zip(&names)
+            .map(|(f, name)| {
+                let mut j = host_job(name.as_str());
+                j.early_preflight = Some(ok(&preflight(OLD, OLD)).unwrap());
+                (j, f)
+            })
+            .collect();
+        let reports = futures::executor::block_on(run_fleet(
+            jobs,
+            Rollout {
+                plan: &plan,
+                interrupted: &interrupted,
+                new_token: &token,
+            },
+            &FakeProbe::default(),
+            &VirtualClock::default(),
+            &Recorder::default(),
+        ));
+        assert_eq!(outcomes(&reports), ["rolled-back", "rolled-back"]);
+        // host1's deploy used the early preflight; its revert asked afresh
+        // (and so saw the new system it reverted from).
+        assert_eq!(fakes[0].conn_of("preflight").len(), 1);
+        assert!(fakes[0]
+            .scripts
+            .borrow()
+            .iter()
+            .any(|s| s.contains("--pipe --wait") && s.contains(OLD)));
+    }
+
+    #[test]
     fn an_interrupted_rollout_starts_no_new_host() {
         let names: Vec<HostName> = vec!["host1".parse().unwrap()];
         let plan = plan_stages(&names, &[], &RolloutSettings::default());
@@ -1098,4 +1152,46 @@ fn a_short_trial_renewed_by_its_activation_needs_no_renewal_session() {
         ..Fake::healthy()
     };
     assert!(renewals_during(fake).is_empty());
+}
+
+#[test]
+fn an_early_preflight_is_used_instead_of_asking_again() {
+    let fake = Fake::healthy();
+    let clock = VirtualClock::default();
+    let job = HostJob {
+        early_preflight: Some(ok(&preflight(OLD, OLD)).unwrap()),
+        ..job(Goal::Switch)
+    };
+    let report = futures::executor::block_on(run_host(
+        &job,
+        &fake,
+        &FakeProbe::default(),
+        &clock,
+        &Recorder::default(),
+        Duration::ZERO,
+    ));
+    assert!(
+        matches!(report.outcome, Outcome::Confirmed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(!fake.called("preflight"));
+    assert!(fake.called("copy") && fake.called("confirm"));
+}
+
+#[test]
+fn a_host_whose_system_changed_since_the_preflight_is_refused_untouched() {
+    let fake = Fake {
+        arm_refusal: Some("arm=changed\ncurrent=/nix/store/cccc-nixos-system-other\n".into()),
+        ..Fake::healthy()
+    };
+    let (report, _) = deploy(&fake, Goal::Switch);
+    match &report.outcome {
+        Outcome::Refused { reason } => {
+            assert!(reason.contains("changed since the preflight"), "{reason}");
+            assert!(reason.contains("cccc-nixos-system-other"), "{reason}");
+        }
+        other => panic!("expected refused, got {other:?}"),
+    }
+    assert!(!fake.called("confirm") && !fake.called("ask-rollback"));
 }

@@ -212,9 +212,10 @@ echo "machine_id=$mid"
 name=; read -r name </proc/sys/kernel/hostname
 echo "hostname=$name"
 echo "arch=$(uname -m)"
-echo "current=$(readlink -f /run/current-system 2>/dev/null)"
-echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
-echo "profile=$(readlink -f {profile} 2>/dev/null)"
+{resolve}
+resolve /run/current-system; echo "current=$r"
+resolve /run/booted-system; echo "booted=$r"
+resolve {profile}; echo "profile=$r"
 echo "profile_link=$(readlink {profile} 2>/dev/null)"
 read -r boot </proc/sys/kernel/random/boot_id
 echo "boot_id=$boot"
@@ -236,8 +237,16 @@ echo "preflight=done"
 "#,
         profile = quote(SYSTEM_PROFILE),
         lock = quote(LOCK_DIR),
+        resolve = RESOLVE_FUNCTION,
     )
 }
+
+/// A shell function: `resolve LINK` sets `$r` to the physical path of the
+/// directory LINK leads to (as `readlink -f`), or to nothing when it leads
+/// nowhere; the shell is left in `/`. Builtins only: `readlink` would cost a process, on every host of
+/// every deploy. System toplevels are directories, so this covers them.
+const RESOLVE_FUNCTION: &str =
+    r#"resolve() { r=; if cd -P "$1" 2>/dev/null; then r=$PWD; cd /; fi; }"#;
 
 /// What the preflight learnt about a host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -309,9 +318,11 @@ pub fn parse_preflight(stdout: &str) -> Result<Facts, ParseError> {
 
 /// Takes the host's deploy lock, writes the deploy's state directory and
 /// starts the guard (`systemd-run`, owned by PID 1). Prints `arm=armed`, or
-/// `arm=busy` with `busy=<deploy id>` when another deploy's guard is alive.
-/// A lock whose guard is gone (a deployer killed earlier, a reboot) is stale
-/// and taken over.
+/// `arm=busy` with `busy=<deploy id>` when another deploy's guard is alive,
+/// or `arm=changed` with `current=<system>` when the host no longer runs
+/// the system the guard would return to (it changed since the preflight:
+/// the copy and the build can take minutes). A lock whose guard is gone (a
+/// deployer killed earlier, a reboot) is stale and taken over.
 pub fn arm_script(spec: &GuardSpec) -> String {
     let dir = spec.dir();
     format!(
@@ -345,6 +356,13 @@ if [ -d "$lockdir" ]; then
         exit 0
     fi
     rm -rf "$lockdir"
+fi
+{resolve}
+resolve /run/current-system
+if [ "$r" != {old} ]; then
+    echo "arm=changed"
+    echo "current=$r"
+    exit 0
 fi
 mkdir "$lockdir" "$dir"
 printf '%s\n' {id} >"$lockdir/deploy"
@@ -395,6 +413,8 @@ exec 9>&-
         token = quote(spec.token.as_str()),
         guard = quote(GUARD_SCRIPT),
         desc = quote(&format!("tether guard for deploy {}", spec.deploy_id)),
+        old = quote(spec.old_system.as_str()),
+        resolve = RESOLVE_FUNCTION,
     )
 }
 
@@ -403,6 +423,8 @@ exec 9>&-
 pub enum ArmResult {
     Armed,
     Busy(String),
+    /// The host runs another system than the one the guard would return to.
+    Changed(String),
     MissingTool(String),
     Failed,
 }
@@ -413,6 +435,9 @@ pub fn parse_arm(stdout: &str) -> Result<ArmResult, ParseError> {
         Some("armed") => Ok(ArmResult::Armed),
         Some("busy") => Ok(ArmResult::Busy(
             first(&f, "busy").unwrap_or("another deploy").to_string(),
+        )),
+        Some("changed") => Ok(ArmResult::Changed(
+            first(&f, "current").unwrap_or_default().to_string(),
         )),
         Some("missing-tool") => Ok(ArmResult::MissingTool(
             first(&f, "missing").unwrap_or("?").to_string(),
@@ -516,7 +541,8 @@ pub fn confirm_script(spec: &GuardSpec) -> String {
 dir={dir}
 mid=; read -r mid 2>/dev/null </etc/machine-id
 echo "machine_id=$mid"
-cur=$(readlink -f /run/current-system 2>/dev/null)
+{resolve}
+resolve /run/current-system; cur=$r
 echo "current=$cur"
 read -r boot </proc/sys/kernel/random/boot_id
 echo "boot_id=$boot"
@@ -551,6 +577,7 @@ echo "reason=$reason"
         token = quote(spec.token.as_str()),
         new = quote(spec.new_system.as_str()),
         lease = spec.lease_secs(),
+        resolve = RESOLVE_FUNCTION,
     )
 }
 
@@ -876,13 +903,24 @@ pub fn parse_units(stdout: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Prints `systemctl is-system-running` and the failed units, for the
-/// `systemRunning` and `failedUnits` health checks.
+/// Prints the manager's state (what `systemctl is-system-running` prints)
+/// and the failed units, for the `systemRunning` and `failedUnits` health
+/// checks. One `systemctl` call when no unit failed (this runs on every
+/// host of every deploy); the failed units' names only when there are some.
 pub fn system_state_script() -> String {
-    r#"echo "system_state=$(systemctl is-system-running 2>/dev/null)"
-systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
-    echo "failed_unit=$unit"
+    r#"state=; failed=
+for kv in $(systemctl show --property=SystemState --property=NFailedUnits 2>/dev/null); do
+    case "$kv" in
+    SystemState=*) state=${kv#*=} ;;
+    NFailedUnits=*) failed=${kv#*=} ;;
+    esac
 done
+echo "system_state=$state"
+if [ "$failed" != 0 ]; then
+    systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
+        echo "failed_unit=$unit"
+    done
+fi
 echo "system=done"
 "#
     .to_string()

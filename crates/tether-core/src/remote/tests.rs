@@ -108,6 +108,10 @@ fn arm_results() {
         parse_arm("arm=busy\nbusy=D1\n").unwrap(),
         ArmResult::Busy("D1".into())
     );
+    assert_eq!(
+        parse_arm("arm=changed\ncurrent=/nix/store/c-sys\n").unwrap(),
+        ArmResult::Changed("/nix/store/c-sys".into())
+    );
     assert!(parse_arm("").is_err());
 }
 
@@ -184,4 +188,27 @@ fn a_target_command_check_keeps_its_own_exit_status_and_stderr() {
     let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+}
+
+#[test]
+fn resolve_follows_links_like_readlink_f() {
+    let dir = std::env::temp_dir().join(format!("tether-resolve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("store/abc-system")).unwrap();
+    // profile -> system-2-link -> store/abc-system, as on a NixOS host.
+    std::os::unix::fs::symlink("store/abc-system", dir.join("system-2-link")).unwrap();
+    std::os::unix::fs::symlink("system-2-link", dir.join("profile")).unwrap();
+    std::os::unix::fs::symlink("store/gone", dir.join("dangling")).unwrap();
+    let script = format!(
+        "{RESOLVE_FUNCTION}\nresolve {p}; echo \"$r\"\nresolve {d}; echo \"[$r]\"\npwd\n",
+        p = quote(&dir.join("profile").to_string_lossy()),
+        d = quote(&dir.join("dangling").to_string_lossy()),
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let expected = std::fs::canonicalize(dir.join("profile")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n[]\n/\n", expected.display())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

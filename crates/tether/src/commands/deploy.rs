@@ -8,7 +8,7 @@ use tether_core::checks::CheckTarget;
 use tether_core::deploy::host::SystemSource;
 use tether_core::deploy::{HostJob, Timeouts};
 use tether_core::inventory::{Host, Inventory, StorePath, TimeoutSettings};
-use tether_core::remote::{DeployId, Goal, PersistMode};
+use tether_core::remote::{preflight_script_for, DeployId, Goal, PersistMode};
 use tether_core::rollout::{
     plan_stages, resolve_canaries, BatchSize, CanarySpec, RolloutPlan, RolloutSettings,
 };
@@ -193,6 +193,7 @@ pub fn base_job(
         source: SystemSource::Copy,
         persist: PersistMode::SetProfile,
         reboot: None,
+        early_preflight: None,
     })
 }
 
@@ -213,10 +214,29 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             .map_err(CommandError::Output)?;
 
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
-    // Connecting (key exchange, pinned-key check) overlaps evaluation and
-    // build; the deploy then runs over these connections.
-    let warm = futures::future::join_all(targets.iter().map(SshTarget::warm_up));
-    let (built, _) = tokio::join!(crate::systems::build_systems(ctx, &names, &say), warm);
+    let toplevels = crate::systems::evaluate(ctx, &names, &say).await?;
+    // While Nix builds, each host's shared connection opens (key exchange,
+    // pinned-key check) with the host's preflight as its first session; the
+    // deploy then runs over these connections. The preflight only reads.
+    let early = futures::future::join_all(hosts.iter().zip(&targets).map(|(host, target)| {
+        let first = toplevels
+            .get(&host.name)
+            .map(|t| preflight_script_for(Some(&t.out_path)));
+        let timeout = self::timeouts(&args.timeouts, &host.timeouts).command;
+        async move {
+            match first {
+                Some(script) => target.open_with(&script, timeout).await,
+                None => {
+                    target.warm_up().await;
+                    None
+                }
+            }
+        }
+    }));
+    let (built, early) = tokio::join!(
+        crate::systems::build_evaluated(ctx, &names, &toplevels, &say),
+        early
+    );
     let built = built?;
 
     let deploy_id = runner::new_deploy_id()?;
@@ -224,7 +244,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .reboot
         .then(|| Duration::from_secs(args.reboot_timeout.unwrap_or(300)));
     let mut jobs = Vec::new();
-    for (host, target) in hosts.iter().zip(targets) {
+    for ((host, target), early) in hosts.iter().zip(targets).zip(early) {
         let system = built.get(&host.name).ok_or_else(|| {
             CommandError::Usage(format!(
                 "host {:?}: no system was built",
@@ -240,6 +260,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         )?;
         job.platform = system.platform.clone();
         job.reboot = reboot;
+        // Only if it asked about the system that was built.
+        job.early_preflight =
+            early.filter(|_| toplevels.get(&host.name).map(|t| &t.out_path) == Some(&system.path));
         jobs.push((job, target));
     }
     say(format!(
