@@ -363,7 +363,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             for job in pending {
                 let result = state.as_ref().map_err(Clone::clone).and_then(|state| {
                     if matches!(job, Job::FailedUnits) {
-                        judge_failed_units(checks.failed_units, baseline, &state.failed_units)
+                        judge_failed_units(checks.failed_units, baseline, state)
                     } else {
                         judge_system_running(checks.failed_units, &state.state)
                     }
@@ -620,8 +620,18 @@ fn judge_exit(code: Option<i32>, stderr: &str, where_: &str) -> Result<String, S
 fn judge_failed_units(
     mode: FailedUnits,
     baseline: &Baseline,
-    failed: &[String],
+    state: &remote::SystemState,
 ) -> Result<String, String> {
+    let failed = &state.failed_units;
+    if let Some(count) = state.failed_count.filter(|&n| n > 0 && failed.is_empty()) {
+        if mode != FailedUnits::Ignore {
+            // A unit flapping between failed and restarting: no verdict
+            // from this look, never a pass.
+            return Err(format!(
+                "systemd counted {count} failed unit(s) but listed none a moment later (a unit changed state while tether looked)"
+            ));
+        }
+    }
     let (bad, note): (Vec<&String>, &str) = match (mode, baseline) {
         (FailedUnits::Ignore, _) => (Vec::new(), ""),
         (FailedUnits::New, Baseline::Before(before)) => (

@@ -916,6 +916,7 @@ for kv in $(systemctl show --property=SystemState --property=NFailedUnits 2>/dev
     esac
 done
 echo "system_state=$state"
+echo "failed_count=$failed"
 if [ "$failed" != 0 ]; then
     systemctl list-units --state=failed --all --no-legend --plain 2>/dev/null | while read -r unit rest; do
         echo "failed_unit=$unit"
@@ -932,6 +933,10 @@ pub struct SystemState {
     /// `running`, `degraded`, `starting`, …
     pub state: String,
     pub failed_units: Vec<String>,
+    /// How many units systemd counted as failed in the same look as
+    /// `state` (the names are listed a moment later; a unit can leave the
+    /// failed state in between).
+    pub failed_count: Option<u32>,
 }
 
 pub fn parse_system_state(stdout: &str) -> Result<SystemState, ParseError> {
@@ -946,5 +951,6 @@ pub fn parse_system_state(stdout: &str) -> Result<SystemState, ParseError> {
             .cloned()
             .unwrap_or_default(),
         failed_units: f.get("failed_unit").cloned().unwrap_or_default(),
+        failed_count: first(&f, "failed_count").and_then(|n| n.parse().ok()),
     })
 }
