@@ -143,28 +143,6 @@ impl SshTarget {
         run.await.ok()
     }
 
-    /// Opens the shared connection ahead of use (its key exchange and
-    /// pinned-key check then overlap other work). Failures are ignored here:
-    /// the preflight reports them properly.
-    pub async fn warm_up(&self) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            // Only the master connection (`-N`: no remote command, so no
-            // session on the host); `ControlMaster=yes` comes first, and ssh
-            // keeps the first value of an option.
-            child_command("ssh")
-                .args(["-o", "ControlMaster=yes", "-N"])
-                .args(self.options(Conn::Shared))
-                .arg(self.host.address.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status(),
-        )
-        .await;
-    }
-
     /// Closes the shared connection (end of a run).
     pub async fn close(&self) {
         let _ = child_command("ssh")

@@ -415,3 +415,37 @@ fn four_hosts_at_once_where_one_breaks_its_network() {
         run.elapsed
     );
 }
+
+/// The deploy's preflight can be a build (and a copy) old by the time it
+/// arms: arming on the host itself refuses when the host no longer runs the
+/// system the guard would return to, and leaves everything as it was.
+#[test]
+fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
+    use tether_core::inventory::StorePath;
+    use tether_core::remote::{arm_and_activate_script, DeployId, Goal, GuardSpec, Token};
+    let f = Fleet::up("d16", 1);
+    let b = before(&f, "host1");
+    f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
+    let other = f.systems()["host1"].clone();
+    let spec = GuardSpec {
+        deploy_id: DeployId::new("20261121T000000", "c0ffee").unwrap(),
+        token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
+        // What a stale preflight would have seen: not what the host runs.
+        old_system: StorePath::new(&other).unwrap(),
+        new_system: StorePath::new(&other).unwrap(),
+        lease: Duration::from_secs(15),
+        deployer: "test@lab".into(),
+    };
+    let out = f.console("host1", &arm_and_activate_script(&spec, Goal::Test));
+    assert!(out.contains("arm=changed"), "{out}");
+    assert!(out.contains(&format!("current={}", b.current)), "{out}");
+    assert_eq!(
+        f.console(
+            "host1",
+            "test -e /run/tether/lock && echo held; systemctl is-active tether-guard-20261121T000000-c0ffee; true"
+        ),
+        "inactive",
+        "no lock taken, no guard started"
+    );
+    assert_untouched(&f, "host1", &b);
+}

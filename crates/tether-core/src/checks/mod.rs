@@ -301,6 +301,41 @@ impl Job<'_> {
             _ => DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
+
+    /// Reports one attempt's result to `on_attempt`; passes it on, its note
+    /// or error as the detail.
+    fn report(
+        &self,
+        attempt: u32,
+        result: Result<String, String>,
+        on_attempt: &dyn Fn(CheckAttempt),
+    ) -> Result<(), String> {
+        let passed = result.is_ok();
+        let detail = match result {
+            Ok(note) | Err(note) => note,
+        };
+        on_attempt(CheckAttempt {
+            check: self.name().to_string(),
+            kind: self.kind(),
+            attempt,
+            passed,
+            detail: detail.clone(),
+        });
+        if passed {
+            Ok(())
+        } else {
+            Err(detail)
+        }
+    }
+
+    fn failure(&self, attempts: u32, detail: String) -> CheckFailure {
+        CheckFailure {
+            check: self.name().to_string(),
+            kind: self.kind(),
+            attempts,
+            detail,
+        }
+    }
 }
 
 /// Runs all of a host's checks concurrently until each has passed or the
@@ -368,27 +403,11 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                         judge_system_running(checks.failed_units, &state.state)
                     }
                 });
-                let passed = result.is_ok();
-                let detail = match result {
-                    Ok(note) | Err(note) => note,
-                };
-                on_attempt(CheckAttempt {
-                    check: job.name().to_string(),
-                    kind: job.kind(),
-                    attempt,
-                    passed,
-                    detail: detail.clone(),
-                });
-                if passed {
+                let Err(detail) = job.report(attempt, result, on_attempt) else {
                     continue;
-                }
+                };
                 if now >= deadline {
-                    failures.push(CheckFailure {
-                        check: job.name().to_string(),
-                        kind: job.kind(),
-                        attempts: attempt,
-                        detail,
-                    });
+                    failures.push(job.failure(attempt, detail));
                 } else {
                     still.push(job);
                 }
@@ -420,28 +439,12 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                 return None;
             };
             let result = attempt_once(check, host, target, probe, timeout).await;
-            let passed = result.is_ok();
-            let detail = match result {
-                Ok(note) | Err(note) => note,
-            };
-            on_attempt(CheckAttempt {
-                check: job.name().to_string(),
-                kind: job.kind(),
-                attempt,
-                passed,
-                detail: detail.clone(),
-            });
-            if passed {
+            let Err(detail) = job.report(attempt, result, on_attempt) else {
                 return None;
-            }
+            };
             let now = clock.now();
             if now >= deadline {
-                return Some(CheckFailure {
-                    check: job.name().to_string(),
-                    kind: job.kind(),
-                    attempts: attempt,
-                    detail,
-                });
+                return Some(job.failure(attempt, detail));
             }
             clock.sleep(checks.interval.min(deadline - now)).await;
         }

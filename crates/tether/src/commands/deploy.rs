@@ -218,6 +218,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     // While Nix builds, each host's shared connection opens (key exchange,
     // pinned-key check) with the host's preflight as its first session; the
     // deploy then runs over these connections. The preflight only reads.
+    // (Every selected host has a toplevel, or `evaluate` failed.)
     let early = futures::future::join_all(hosts.iter().zip(&targets).map(|(host, target)| {
         let first = toplevels
             .get(&host.name)
@@ -226,10 +227,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         async move {
             match first {
                 Some(script) => target.open_with(&script, timeout).await,
-                None => {
-                    target.warm_up().await;
-                    None
-                }
+                None => None,
             }
         }
     }));

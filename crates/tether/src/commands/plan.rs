@@ -189,31 +189,12 @@ fn job(
 
 /// The new system's closure with NAR sizes, from the deployer's store.
 async fn local_closure(ctx: &Context, system: &StorePath) -> Result<Closure, CommandError> {
-    let program = ctx.nix.program().to_string_lossy().into_owned();
-    let command = format!("{program} path-info -r --json {system}");
-    let output = tokio::process::Command::new(ctx.nix.program())
-        .args(["--extra-experimental-features", "nix-command flakes"])
-        .args(["path-info", "-r", "--json", system.as_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
+    let (json, command) = ctx
+        .nix
+        .closure_json(system)
         .await
-        .map_err(|source| {
-            CommandError::Build(NixError::Spawn {
-                program: program.clone(),
-                source,
-            })
-        })?;
-    if !output.status.success() {
-        return Err(CommandError::Build(NixError::Failed {
-            command,
-            status: output.status,
-            stderr_tail: last_lines(&String::from_utf8_lossy(&output.stderr), 10),
-        }));
-    }
-    parse_path_info_json(&String::from_utf8_lossy(&output.stdout)).map_err(|e| {
+        .map_err(CommandError::Build)?;
+    parse_path_info_json(&json).map_err(|e| {
         CommandError::Build(NixError::Missing {
             command,
             what: e.to_string(),

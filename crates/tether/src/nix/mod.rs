@@ -244,6 +244,23 @@ impl Nix {
             .collect()
     }
 
+    /// `nix path-info -r --json PATH`: the closure of a path in the local
+    /// store, with NAR sizes. Returns the JSON (the caller parses it) and
+    /// the command line, to name it in the caller's errors.
+    pub async fn closure_json(&self, path: &StorePath) -> Result<(String, String), NixError> {
+        let command = format!(
+            "{} path-info -r --json {path}",
+            self.program.to_string_lossy()
+        );
+        let output = self
+            .run(&["path-info", "-r", "--json", path.as_str()], &command)
+            .await?;
+        Ok((
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            command,
+        ))
+    }
+
     /// Runs `nix ARGS` (with the features tether needs) to completion;
     /// `command` names it in errors. Fails with the stderr tail unless it
     /// exits 0.
