@@ -1,15 +1,12 @@
 //! Fixture fleets: a flake directory (and `default.nix` for `-f`) describing
 //! NixOS-like systems for a lab's hosts, built from the repo's `nix/fixture`.
 
+use crate::nix_settings::nix_command;
 use crate::{cmd, paths, Lab};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Nix's experimental features every lab Nix call needs (Nix 2.8 defaults).
-pub const NIX_FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
 
 impl Lab {
     /// Writes a fixture fleet for this lab into `dir`: the fixture library,
@@ -43,8 +40,7 @@ impl Lab {
     pub fn build_fleet(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
         let flake = format!("path:{}", dir.display());
         let out = cmd::run(
-            Command::new("nix")
-                .args(NIX_FEATURES)
+            nix_command()
                 .args(["eval", "--json"])
                 .arg(format!("{flake}#nixosConfigurations"))
                 .args([
@@ -54,15 +50,8 @@ impl Lab {
         )
         .context("evaluating the fixture fleet")?;
         let drvs: BTreeMap<String, String> = serde_json::from_slice(&out.stdout)?;
-        let mut c = Command::new("nix");
-        c.args(NIX_FEATURES).args([
-            "build",
-            "--no-link",
-            "--json",
-            "--option",
-            "substituters",
-            "",
-        ]);
+        let mut c = nix_command();
+        c.args(["build", "--no-link", "--json"]);
         for h in &self.info.hosts {
             let drv = drvs
                 .get(&h.name)

@@ -676,13 +676,8 @@ impl Lab {
     pub fn copy_to(&self, host: &str, path: &str) -> Result<()> {
         let h = self.host(host)?;
         cmd::run(
-            Command::new("nix")
-                .args([
-                    "--extra-experimental-features",
-                    "nix-command flakes",
-                    "copy",
-                    "--no-check-sigs",
-                ])
+            crate::nix_settings::nix_command()
+                .args(["copy", "--no-check-sigs"])
                 .arg("--to")
                 .arg(format!("ssh-ng://root@{}", h.address))
                 .arg(path)

@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod fixture;
 pub mod image;
 pub mod lab;
+pub mod nix_settings;
 pub mod paths;
 pub mod prereq;
 

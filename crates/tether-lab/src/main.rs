@@ -68,6 +68,8 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print the Nix settings the lab's fixture builds need (for `NIX_CONFIG`).
+    NixConfig,
     /// Write a fixture fleet for the lab into DIR (flake.nix and default.nix).
     Fleet {
         #[arg(long, value_name = "DIR")]
@@ -151,6 +153,7 @@ fn run(cli: Cli) -> Result<i32> {
             let out = Lab::open(name)?.ssh(&host, &command.join(" "))?;
             return forward(out);
         }
+        Cmd::NixConfig => print!("{}", tether_lab::nix_settings::NIX_CONFIG),
         Cmd::Fleet { out, hosts_nix } => {
             let hosts = match hosts_nix {
                 Some(p) => std::fs::read_to_string(&p)

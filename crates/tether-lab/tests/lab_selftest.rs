@@ -3,7 +3,7 @@
 //! closures copied into the hosts' own stores, and the fixture's
 //! `switch-to-configuration` semantics that tether's tests rely on.
 //!
-//! Needs root (network namespaces, nspawn); skipped otherwise. Uses the lab
+//! Needs root (network namespaces, nspawn) and fails without it. Uses the lab
 //! name `fx`, so it must not run in parallel with anything else using `fx`.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -124,10 +124,11 @@ impl Drop for TempDir {
 
 #[test]
 fn lab_selftest() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("lab_selftest: skipped (needs root for network namespaces and systemd-nspawn)");
-        return Ok(());
-    }
+    // A lab test that cannot run fails: it never passes by skipping.
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "lab_selftest needs root (network namespaces and systemd-nspawn)"
+    );
     let tmp =
         TempDir(std::env::temp_dir().join(format!("tether-lab-selftest-{}", std::process::id())));
     std::fs::create_dir_all(&tmp.0)?;

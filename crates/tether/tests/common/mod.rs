@@ -109,8 +109,9 @@ impl Fleet {
         c.arg("--flake")
             .arg(self.flake())
             .args(args)
-            // No binary cache is reachable from the lab machine.
-            .env("NIX_CONFIG", "substituters =")
+            // The lab's fixture builds need these settings (no nixbld
+            // group, no sandbox, no binary cache), passed explicitly.
+            .env("NIX_CONFIG", tether_lab::nix_settings::NIX_CONFIG)
             // Never the user's own journal.
             .env("TETHER_STATE_DIR", &self.state)
             .stdin(Stdio::null());
