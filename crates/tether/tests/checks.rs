@@ -6,7 +6,7 @@
 mod common;
 
 use common::{parse_run, Fleet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A new system for host1 with `extra` mkSystem arguments and inventory
 /// `inventory` (both Nix attribute-set bodies).
@@ -17,13 +17,8 @@ fn host1(f: &Fleet, label: &str, extra: &str, inventory: &str) {
 }
 
 fn assert_rolled_back(f: &Fleet, run: &common::Run, old: &str) -> String {
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(
-        run.outcome("host1"),
-        "rolled-back",
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
     assert_eq!(f.current("host1"), old, "host1 is back on the old system");
     assert!(f.reachable("host1"));
     run.reason("host1")
@@ -42,8 +37,8 @@ fn settle(f: &Fleet) {
 }
 
 fn assert_confirmed(run: &common::Run) {
-    assert_eq!(run.code, 0, "{}\n{}", run.reason("host1"), run.stderr);
-    assert_eq!(run.outcome("host1"), "confirmed");
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("host1"), "confirmed", "{run}");
 }
 
 #[test]
@@ -267,7 +262,7 @@ fn tether_check_passes_a_healthy_fleet_and_names_a_stopped_service() {
         "{{ host1 = {{ label = \"v2\"; {both} }}; host2 = {{ label = \"v2\"; {both} }}; }}"
     ));
     let run = f.deploy(&[]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.code, 0, "{run}");
 
     let out = f.tether(&["check"]);
     assert_eq!(
@@ -280,16 +275,27 @@ fn tether_check_passes_a_healthy_fleet_and_names_a_stopped_service() {
     assert!(stdout.contains("host1  healthy") && stdout.contains("host2  healthy"));
 
     f.console("host2", "systemctl stop fixture-web.service");
-    let started = Instant::now();
     let out = f.tether(&["check", "--timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(started.elapsed() < Duration::from_secs(20));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("host2  check web (http) FAILED"),
         "{stdout}"
     );
     assert!(stdout.contains("host1  healthy"), "{stdout}");
+
+    // --timeout bounds the retries: on tether's own clock, the last attempt
+    // ends within the 2 s plus one attempt's own timeout (5 s).
+    let out = f.tether(&["check", "--json", "--timeout", "2"]);
+    let run = parse_run(out, Duration::ZERO);
+    let last = run
+        .events
+        .iter()
+        .filter(|e| e["event"] == "check" && e["host"] == "host2")
+        .filter_map(|e| e["elapsedMs"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("no check events: {run}"));
+    assert!(last <= 2_000 + 5_000 + 1_000, "last attempt at {last} ms");
 
     let out = f.tether(&["check", "--json", "--timeout", "0"]);
     assert_eq!(out.status.code(), Some(1));

@@ -30,20 +30,15 @@ fn rollback_returns_to_the_previous_generation_and_forward_again() {
     let f = Fleet::up("y01", 1);
     f.set_hosts(r#"{ host1 = { label = "A"; }; }"#);
     let a = f.systems()["host1"].clone();
-    assert_eq!(f.deploy(&[]).outcome("host1"), "confirmed");
+    f.deploy(&[]).expect_outcome("host1", "confirmed");
     f.set_hosts(r#"{ host1 = { label = "B"; }; }"#);
     let b = f.systems()["host1"].clone();
-    assert_eq!(f.deploy(&[]).outcome("host1"), "confirmed");
+    f.deploy(&[]).expect_outcome("host1", "confirmed");
     let gen_b = f.generation("host1");
 
     let back = run_json(&f, &["rollback", "--json"]);
-    assert_eq!(back.code, 0, "{}", back.stderr);
-    assert_eq!(
-        back.outcome("host1"),
-        "confirmed",
-        "{}",
-        back.reason("host1")
-    );
+    assert_eq!(back.code, 0, "{back}");
+    assert_eq!(back.outcome("host1"), "confirmed", "{back}");
     assert_eq!(f.current("host1"), a);
     assert_eq!(f.boot_default("host1"), a);
     assert_eq!(
@@ -53,14 +48,14 @@ fn rollback_returns_to_the_previous_generation_and_forward_again() {
     );
 
     let forward = run_json(&f, &["rollback", "--json", "--to", &gen_b.to_string()]);
-    assert_eq!(forward.code, 0, "{}\n{:#}", forward.stderr, forward.summary);
+    assert_eq!(forward.code, 0, "{forward}\n{:#}", forward.summary);
     assert_eq!(f.current("host1"), b);
     assert_eq!(f.boot_default("host1"), b);
     assert_eq!(f.generation("host1"), gen_b);
 
     let missing = run_json(&f, &["rollback", "--json", "--to", "99"]);
-    assert_eq!(missing.code, 1);
-    assert_eq!(missing.outcome("host1"), "refused");
+    assert_eq!(missing.code, 1, "{missing}");
+    assert_eq!(missing.outcome("host1"), "refused", "{missing}");
     let reason = missing.reason("host1");
     assert!(reason.contains("generation 99 does not exist"), "{reason}");
     assert!(
@@ -80,25 +75,16 @@ fn a_rollback_to_a_generation_that_breaks_the_network_rolls_itself_back() {
         r#"{{ host1 = {{ label = "broken"; address = "{other}"; }}; }}"#
     ));
     let staged = f.deploy(&["--on", "host1", "--goal", "boot"]);
-    assert_eq!(
-        staged.outcome("host1"),
-        "boot-default-set",
-        "{}",
-        staged.reason("host1")
-    );
+    assert_eq!(staged.outcome("host1"), "boot-default-set", "{staged}");
     f.set_hosts(r#"{ host1 = { label = "good"; }; }"#);
     let good = f.systems()["host1"].clone();
-    assert_eq!(f.deploy(&["--on", "host1"]).outcome("host1"), "confirmed");
+    f.deploy(&["--on", "host1"])
+        .expect_outcome("host1", "confirmed");
     let generation = f.generation("host1");
 
     let run = run_json(&f, &["rollback", "--json", "--on", "host1", "--lease", "6"]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(
-        run.outcome("host1"),
-        "rolled-back",
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
     assert_eq!(f.current("host1"), good);
     assert_eq!(f.boot_default("host1"), good);
     assert_eq!(f.generation("host1"), generation);
@@ -109,15 +95,16 @@ fn a_rollback_to_a_generation_that_breaks_the_network_rolls_itself_back() {
 fn history_lists_confirmed_rolled_back_and_refused_runs() {
     let f = Fleet::up("y03", 2);
     f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
-    assert_eq!(f.deploy(&["--on", "host1"]).code, 0);
+    f.deploy(&["--on", "host1"]).expect_code(0);
     f.set_hosts(r#"{ host1 = { label = "v3"; failingUnits = [ "x" ]; }; }"#);
-    assert_eq!(f.deploy(&["--on", "host1"]).outcome("host1"), "rolled-back");
+    f.deploy(&["--on", "host1"])
+        .expect_outcome("host1", "rolled-back");
     let wrong = f.host_key("host2");
     f.set_hosts(&format!(
         r#"{{ host1 = {{ label = "v4"; inventory.hostKey = "{wrong}"; }}; }}"#
     ));
     let refused = f.deploy(&["--on", "host1"]);
-    assert_eq!(refused.outcome("host1"), "refused");
+    assert_eq!(refused.outcome("host1"), "refused", "{refused}");
 
     let runs = history(&f);
     assert_eq!(runs.len(), 3, "{runs:#?}");
@@ -196,7 +183,7 @@ fn the_journal_survives_a_deployer_killed_mid_run() {
             ) == "free"
         },
     );
-    assert_eq!(f.deploy(&[]).code, 0);
+    f.deploy(&[]).expect_code(0);
     let runs = history(&f);
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["status"], "finished");
@@ -205,32 +192,67 @@ fn the_journal_survives_a_deployer_killed_mid_run() {
 #[test]
 fn deploy_with_reboot_ends_confirmed_on_the_new_booted_system() {
     let f = Fleet::up("y05", 1);
+    let generation = f.generation("host1");
     f.set_hosts(r#"{ host1 = { label = "v2"; kernelVersion = "6.6.0-fixture"; }; }"#);
     let new = f.systems()["host1"].clone();
     let run = f.deploy(&["--reboot"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.outcome("host1"), "confirmed", "{}", run.reason("host1"));
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("host1"), "confirmed", "{run}");
     assert!(run.phases("host1").contains(&"rebooting".to_string()));
-    assert_eq!(f.console("host1", "readlink -f /run/booted-system"), new);
-    assert_eq!(f.current("host1"), new);
+    assert_booted_cleanly(&f, "host1", &new, generation + 1);
+}
+
+/// The host booted `system`, runs it, boots it by default at `generation`,
+/// answers at its own address, and has no trial or lock left over.
+fn assert_booted_cleanly(f: &Fleet, host: &str, system: &str, generation: u32) {
+    assert_eq!(f.console(host, "readlink -f /run/booted-system"), system);
+    assert_eq!(f.current(host), system);
+    assert_eq!(f.boot_default(host), system);
+    assert_eq!(f.generation(host), generation);
+    assert!(f.reachable(host), "{host}: not reachable");
+    assert_eq!(
+        f.console(
+            host,
+            "systemctl list-units --all --no-legend 'tether-guard-*' 'tether-activate-*' | wc -l; \
+             ls /run/tether/deploys 2>/dev/null | wc -l; test -e /run/tether/lock && echo lock; true"
+        ),
+        "0\n0",
+        "{host}: no guard, trial or lock may be left"
+    );
 }
 
 #[test]
 fn a_host_that_never_comes_back_from_its_reboot_is_unknown_within_the_timeout() {
     let f = Fleet::up("y06", 1);
+    let generation = f.generation("host1");
     f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
+    let new = f.systems()["host1"].clone();
     f.lab.hold("host1").unwrap();
     let run = f.deploy(&["--reboot", "--reboot-timeout", "8"]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    assert_eq!(run.outcome("host1"), "unknown");
+    assert_eq!(run.code, 3, "{run}");
+    assert_eq!(run.outcome("host1"), "unknown", "{run}");
     let reason = run.reason("host1");
     assert!(reason.contains("did not come back within 8s"), "{reason}");
     assert!(reason.contains("last seen"), "{reason}");
+    // Within the timeout, on tether's own clock: from the reboot to the
+    // verdict, 8 s plus at most one last 10 s attempt to reach the host.
+    let at = |pred: &dyn Fn(&Value) -> bool| {
+        run.events
+            .iter()
+            .find(|e| pred(e))
+            .and_then(|e| e["elapsedMs"].as_u64())
+            .unwrap_or_else(|| panic!("event missing: {run}"))
+    };
+    let rebooting = at(&|e| common::is_phase(e, "host1", "rebooting"));
+    let verdict = at(&|e| e["host"] == "host1" && e["event"] == "outcome");
     assert!(
-        run.elapsed < Duration::from_secs(40),
-        "took {:?}",
-        run.elapsed
+        verdict - rebooting <= 8_000 + 10_000 + 2_000,
+        "{} ms from the reboot to the verdict",
+        verdict - rebooting
     );
+    // Once it does come back, it is on the system that was persisted
+    // before the reboot, with nothing left over.
     f.lab.release("host1").unwrap();
     f.lab.wait_ready("host1", Duration::from_secs(60)).unwrap();
+    assert_booted_cleanly(&f, "host1", &new, generation + 1);
 }

@@ -84,8 +84,8 @@ fn plan_lists_packages_and_restarts_and_changes_nothing() {
     // host1 first runs hello 2.10 and the web service (deployed for real).
     f.set_hosts(OLD);
     let run = f.deploy(&["--on", "host1"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.outcome("host1"), "confirmed", "{}", run.reason("host1"));
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.outcome("host1"), "confirmed", "{run}");
 
     // The change: hello 2.10 -> 2.12, curl 8.0 added, web's body changed.
     // host2's system is the same as the one it runs.

@@ -49,24 +49,19 @@ fn canary_then_batches_stop_at_the_first_failure_and_skip_the_rest() {
         "--lease",
         "6",
     ]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 1, "{run}");
     for h in ["host1", "host2", "host3", "host4"] {
-        assert_eq!(run.outcome(h), "confirmed", "{h}: {}", run.reason(h));
+        assert_eq!(run.outcome(h), "confirmed", "{run}");
         assert_eq!(f.current(h), new[h]);
     }
-    assert_eq!(
-        run.outcome("host6"),
-        "rolled-back",
-        "{}",
-        run.reason("host6")
-    );
+    assert_eq!(run.outcome("host6"), "rolled-back", "{run}");
     assert_eq!(f.current("host6"), before["host6"]);
     // host5 and host7 were in flight with host6 and finish normally.
     for h in ["host5", "host7"] {
-        assert_eq!(run.outcome(h), "confirmed", "{h}: {}", run.reason(h));
+        assert_eq!(run.outcome(h), "confirmed", "{run}");
     }
     // The third batch never started: skipped and untouched.
-    assert_eq!(run.outcome("host8"), "skipped");
+    assert_eq!(run.outcome("host8"), "skipped", "{run}");
     assert!(
         run.reason("host8").contains("maxFailures"),
         "{}",
@@ -108,7 +103,7 @@ fn revert_on_failure_returns_every_host_of_the_run_to_its_old_system() {
         "--lease",
         "6",
     ]);
-    assert_eq!(run.code, 1, "{}\n{:#}", run.stderr, run.summary);
+    assert_eq!(run.code, 1, "{run}\n{:#}", run.summary);
     assert_eq!(systems_now(&f), before, "every host ends on its old system");
     for i in 1..=8 {
         let h = format!("host{i}");
@@ -117,7 +112,7 @@ fn revert_on_failure_returns_every_host_of_the_run_to_its_old_system() {
         } else {
             "rolled-back"
         };
-        assert_eq!(run.outcome(&h), expected, "{h}: {}", run.reason(&h));
+        assert_eq!(run.outcome(&h), expected, "{run}");
         assert_eq!(f.boot_default(&h), before[&h], "{h}: boot default");
     }
     assert!(
@@ -141,7 +136,7 @@ fn parallel_bounds_the_hosts_in_flight_and_the_stream_agrees_with_the_hosts() {
     f.set_hosts(&nix);
     let new = f.systems();
     let run = f.deploy(&["--parallel", "4"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.code, 0, "{run}");
     // Every line of the stream was JSON (parse_run checks), in time order.
     let mut in_flight = BTreeSet::new();
     let mut most = 0;
@@ -229,12 +224,12 @@ fn the_first_ctrl_c_lets_hosts_in_flight_finish_and_starts_no_more() {
     )
     .unwrap();
     let run = live.finish();
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 1, "{run}");
     // The canary in flight finished its safe switch.
-    assert_eq!(run.outcome("host1"), "confirmed", "{}", run.reason("host1"));
+    assert_eq!(run.outcome("host1"), "confirmed", "{run}");
     assert_eq!(f.current("host1"), new["host1"]);
     for (h, old) in &before {
-        assert_eq!(run.outcome(h), "skipped");
+        assert_eq!(run.outcome(h), "skipped", "{run}");
         assert!(run.reason(h).contains("interrupted"), "{}", run.reason(h));
         assert_eq!(&f.current(h), old);
     }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
-use tether::journal::{Journal, NewRun};
+use tether::journal::Journal;
 
 /// `tether status --json`, parsed: host name → its object.
 fn status_json(f: &Fleet) -> (i32, BTreeMap<String, Value>, String) {
@@ -327,22 +327,13 @@ fn a_guard_rollback_while_the_deployer_was_dead_is_reconciled_by_status() {
     assert_eq!(f.current("host1"), old);
 
     let journal = Journal::open(&f.state_dir().join("journal.sqlite")).unwrap();
-    // `deploy` records its runs in the journal once that integration lands;
-    // until then, record the run as a deploy killed before its end leaves it.
-    if journal.run(&id).unwrap().is_none() {
-        journal
-            .start_run(&NewRun {
-                id: id.clone(),
-                command: "deploy".into(),
-                selection: Some("host1".into()),
-                source: f.flake(),
-                git_revision: None,
-                goal: Some("switch".into()),
-                hosts: vec![("host1".into(), None)],
-            })
-            .unwrap();
-    }
-    let before = &journal.run(&id).unwrap().unwrap().0.hosts[0];
+    // The killed deploy recorded its run when it started, and no end.
+    let (recorded, _) = journal
+        .run(&id)
+        .unwrap()
+        .unwrap_or_else(|| panic!("deploy did not record run {id} in the journal"));
+    assert_eq!(recorded.command, "deploy");
+    let before = &recorded.hosts[0];
     assert_eq!(
         before.outcome, None,
         "the killed deployer recorded no outcome"

@@ -27,7 +27,49 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
+/// What a failed assertion about a run prints: the exit code, every host's
+/// outcome and reason, and the end of tether's stderr.
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "tether exited {}", self.code)?;
+        match self.summary["hosts"].as_array() {
+            Some(hosts) => {
+                for h in hosts {
+                    writeln!(
+                        f,
+                        "  {}: {} {}",
+                        h["host"].as_str().unwrap_or("?"),
+                        h["outcome"].as_str().unwrap_or("?"),
+                        h["reason"].as_str().unwrap_or("")
+                    )?;
+                }
+            }
+            None => writeln!(f, "  (no summary)")?,
+        }
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(30)..];
+        write!(
+            f,
+            "stderr (last {} lines):\n{}",
+            tail.len(),
+            tail.join("\n")
+        )
+    }
+}
+
 impl Run {
+    /// Asserts the host's outcome, printing the whole run when it differs.
+    pub fn expect_outcome(&self, host: &str, outcome: &str) -> &Run {
+        assert_eq!(self.outcome(host), outcome, "{host}: {self}");
+        self
+    }
+
+    /// Asserts the exit code, printing the whole run when it differs.
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "{self}");
+        self
+    }
+
     pub fn outcome(&self, host: &str) -> String {
         self.host(host)["outcome"]
             .as_str()
@@ -167,6 +209,31 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("{host}: console `{script}`: {e:#}"))
     }
 
+    /// The host's own deploy journal (`/var/lib/tether/journal`), read
+    /// through its console: one entry per line, with the host's clock.
+    pub fn target_journal(&self, host: &str) -> Vec<JournalEntry> {
+        let text = self.console(
+            host,
+            r#"[ -e /var/lib/tether/journal ] || exit 0
+tab=$(printf '\t')
+while IFS=$tab read -r time id event old new source detail; do
+    printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u -d "$time" +%s)" "$id" "$event" "$source" "$detail"
+done </var/lib/tether/journal"#,
+        );
+        text.lines()
+            .filter_map(|l| {
+                let mut p = l.splitn(5, '\t');
+                Some(JournalEntry {
+                    epoch: p.next()?.parse().ok()?,
+                    deploy_id: p.next()?.to_string(),
+                    event: p.next()?.to_string(),
+                    source: p.next()?.to_string(),
+                    detail: p.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Whether a new SSH connection to the host's address succeeds.
     pub fn reachable(&self, host: &str) -> bool {
         self.lab
@@ -187,6 +254,25 @@ impl Fleet {
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
+}
+
+/// A line of a host's deploy journal, its time in seconds since the epoch
+/// on the host's clock.
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub epoch: u64,
+    pub deploy_id: String,
+    pub event: String,
+    pub source: String,
+    pub detail: String,
+}
+
+/// The first entry with this event.
+pub fn entry<'a>(journal: &'a [JournalEntry], event: &str) -> &'a JournalEntry {
+    journal
+        .iter()
+        .find(|e| e.event == event)
+        .unwrap_or_else(|| panic!("no {event:?} in the host's journal: {journal:#?}"))
 }
 
 pub fn parse_run(out: Output, elapsed: Duration) -> Run {
