@@ -6,7 +6,9 @@
 pub mod checks;
 pub mod deploy;
 pub mod inventory;
+pub mod model;
 pub mod plan;
 pub mod remote;
 pub mod rollout;
 pub mod shell;
+pub mod text;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::deploy::{Conn, RemoteError, Target};
-use crate::inventory::{HostName, StorePath};
+use crate::model::{HostName, StorePath};
 use crate::remote;
 use crate::remote::plan::{HostSystem, UnitFiles};
 

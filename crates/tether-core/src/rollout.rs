@@ -3,7 +3,7 @@
 //! inventory's `rollout` attribute and the deploy flags give the settings;
 //! [`plan_stages`] turns them into an ordered list of stages.
 
-use crate::inventory::{HostName, Selector};
+use crate::model::{HostName, Selector};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;

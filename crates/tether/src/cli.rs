@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use tether_core::inventory::{Host, Inventory, Selector};
+use tether_core::inventory::{Host, Inventory};
+use tether_core::model::Selector;
 
 use crate::commands;
 use crate::exit::CommandError;

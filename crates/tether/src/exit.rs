@@ -8,7 +8,7 @@
 //! | 2 | usage or inventory error: nothing was touched |
 //! | 3 | some host ended in an unknown state |
 
-use tether_core::inventory::SelectorError;
+use tether_core::model::SelectorError;
 
 use crate::nix::{LoadError, ToplevelsError};
 

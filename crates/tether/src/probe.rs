@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tether_core::checks::{CommandOutput, HttpRequest, HttpResponse, Probe};
-use tether_core::inventory::Address;
+use tether_core::model::Address;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_core::deploy::{run_fleet, Event, EventKind, HostJob, HostReport, Reporter, Rollout};
-use tether_core::remote::{DeployId, Goal, Token};
+use tether_core::model::{DeployId, Goal, Token};
 use tether_core::rollout::RolloutPlan;
 
 use crate::cli::Context;

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use tether_core::inventory::{HostName, StorePath, Toplevel};
+use tether_core::inventory::Toplevel;
+use tether_core::model::{HostName, StorePath};
 
 use crate::cli::Context;
 use crate::exit::CommandError;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::deploy::ports::{Clock, Conn, Target};
-use crate::inventory::{Address, HostName, SshUser};
+use crate::model::{Address, HostName, SshUser};
 use crate::remote;
 
 /// What `failedUnits` accepts after a switch.

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::deploy::ports::{RemoteError, ScriptOutput};
-use crate::inventory::StorePath;
+use crate::model::StorePath;
 use std::cell::{Cell, RefCell};
 
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! terminal view or NDJSON. The logic never writes user-facing text itself.
 
 use super::outcome::Outcome;
-use crate::inventory::HostName;
+use crate::model::HostName;
 use serde::Serialize;
 
 /// Where a host's deploy is.

@@ -15,8 +15,9 @@ use super::host::{run_host, HostJob, SystemSource};
 use super::outcome::{HostReport, Outcome};
 use super::ports::{Clock, Reporter, Target};
 use crate::checks::Probe;
-use crate::inventory::StorePath;
-use crate::remote::{PersistMode, Token};
+use crate::model::StorePath;
+use crate::remote::PersistMode;
+use crate::model::Token;
 use crate::rollout::RolloutPlan;
 use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
@@ -216,7 +217,7 @@ async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         new_system: old,
         // Built for this host already: no architecture to compare.
         platform: None,
-        goal: crate::remote::Goal::Switch,
+        goal: crate::model::Goal::Switch,
         deploy_id: id,
         token,
         source: SystemSource::OnTarget,

@@ -12,11 +12,9 @@ use super::events::{Event, EventKind, Phase};
 use super::outcome::{HostReport, Outcome};
 use super::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
 use crate::checks::{self, Baseline, CheckAttempt, CheckTarget, HostChecks, Probe};
-use crate::inventory::{HostName, StorePath};
-use crate::remote::{
-    self, ArmResult, ConfirmResult, DeployId, Facts, Goal, GuardSpec, GuardState, PersistMode,
-    Token,
-};
+use crate::model::{HostName, StorePath};
+use crate::remote::{self, ArmResult, ConfirmResult, Facts, GuardSpec, GuardState, PersistMode};
+use crate::model::{DeployId, Goal, Token};
 use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;

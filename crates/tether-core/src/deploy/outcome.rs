@@ -1,7 +1,7 @@
 //! How a host ended a deploy: exactly one outcome each, and what it means for
 //! the exit code.
 
-use crate::inventory::HostName;
+use crate::model::HostName;
 use serde::Serialize;
 
 /// A host's end state. Success is only ever `Confirmed`, `Unchanged`,

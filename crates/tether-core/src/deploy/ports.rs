@@ -4,7 +4,7 @@
 //! the Nix CLI and tokio; tests implement them with fakes.
 
 use super::events::Event;
-use crate::inventory::StorePath;
+use crate::model::StorePath;
 use std::future::Future;
 use std::time::Duration;
 

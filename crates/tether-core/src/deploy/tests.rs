@@ -8,8 +8,8 @@ use crate::checks::{
     Check, CheckKind, CheckTarget, CommandOutput, FailedUnits, HostChecks, HttpCheck, HttpRequest,
     HttpResponse, Probe,
 };
-use crate::inventory::StorePath;
-use crate::remote::{DeployId, Goal, Token};
+use crate::model::StorePath;
+use crate::model::{DeployId, Goal, Token};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -318,7 +318,7 @@ impl Probe for FakeProbe {
     }
     async fn tcp(
         &self,
-        _address: &crate::inventory::Address,
+        _address: &crate::model::Address,
         _port: u16,
         _timeout: Duration,
     ) -> Result<(), String> {
@@ -772,7 +772,7 @@ fn a_system_already_on_the_target_is_not_copied_and_switches_generation() {
 
 mod rollout {
     use super::*;
-    use crate::inventory::HostName;
+    use crate::model::HostName;
     use crate::rollout::{plan_stages, BatchSize, RolloutSettings};
     use std::sync::atomic::AtomicBool;
 

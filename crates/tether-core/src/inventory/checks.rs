@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::error::{suggest, Problem};
+use super::error::Problem;
+use crate::text::suggest;
 use super::fields::{describe, Fields};
-use super::types::Address;
+use crate::model::Address;
 use crate::checks::{
     Check, CheckKind, CommandCheck, CommandOn, HttpCheck, TcpCheck, DEFAULT_ATTEMPT_TIMEOUT,
 };
@@ -297,7 +298,7 @@ fn read_tcp(f: &mut Fields<'_>) -> Option<TcpCheck> {
     if !has_port {
         f.error("port", Problem::Missing);
     }
-    let address = f.parse::<Address>("address");
+    let address = f.parse::<Address, _>("address");
     Some(TcpCheck {
         port: port?,
         address,

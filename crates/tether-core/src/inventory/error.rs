@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::host_key::HostKeyError;
+use crate::model::{HostKeyError, ValueError};
 
 /// Where in the inventory a problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub enum Problem {
     NoTetherOutput,
     #[error("required field is missing")]
     Missing,
+    /// A host name, tag, address, user or machine-id that is not one.
+    #[error(transparent)]
+    Value(#[from] ValueError),
     #[error("expected {expected}, found {found}")]
     WrongType {
         expected: &'static str,
@@ -43,20 +46,10 @@ pub enum Problem {
     HostOnlyField,
     #[error("unknown field{}", suggestion_suffix(.suggestion))]
     UnknownField { suggestion: Option<String> },
-    #[error("{0:?} is not a valid host name (use letters, digits, '.', '_' and '-', starting with a letter or digit)")]
-    InvalidHostName(String),
-    #[error("{value:?} is not a valid address: {reason}")]
-    InvalidAddress { value: String, reason: &'static str },
     #[error("{0} is out of range (1..65535)")]
     PortOutOfRange(String),
-    #[error("{value:?} is not a valid SSH user: {reason}")]
-    InvalidUser { value: String, reason: &'static str },
     #[error("not a valid OpenSSH public key ({0})")]
     InvalidHostKey(HostKeyError),
-    #[error("{0:?} is not a valid machine-id (expected 32 lowercase hexadecimal digits, as in /etc/machine-id)")]
-    InvalidMachineId(String),
-    #[error("{0:?} is not a valid tag (use letters, digits, '.', '_' and '-', starting with a letter or digit)")]
-    InvalidTag(String),
     #[error("no nixosConfigurations.{name}{}{}", if *.implicit { " (the default for this host; set `configuration` to name another)" } else { "" }, suggestion_suffix(.suggestion))]
     MissingConfiguration {
         name: String,
@@ -177,58 +170,10 @@ impl fmt::Display for InventoryErrors {
 
 impl std::error::Error for InventoryErrors {}
 
-/// Closest candidate to `word`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
-    let word_lower = word.to_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| (levenshtein(&word_lower, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.to_owned())
-}
-
-/// Optimal-string-alignment distance: Levenshtein plus swapping two
-/// neighbouring characters as one edit, the most common typo (`wbe2`).
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    d[0] = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_close_field_names_only() {
-        let known = ["address", "sshUser", "sshPort", "hostKey", "tags"];
-        assert_eq!(suggest("adress", known), Some("address".into()));
-        assert_eq!(suggest("sshuser", known), Some("sshUser".into()));
-        assert_eq!(suggest("hostkey", known), Some("hostKey".into()));
-        assert_eq!(suggest("colour", known), None);
-    }
 
     #[test]
     fn error_names_host_and_field() {

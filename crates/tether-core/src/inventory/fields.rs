@@ -10,9 +10,10 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-use super::error::{suggest, InventoryErrors, Location, Problem};
+use super::error::{InventoryErrors, Location, Problem};
+use crate::text::suggest;
 use super::settings::TimeoutSettings;
-use super::types::Tag;
+use crate::model::Tag;
 
 /// A short description of a JSON value's type for "expected X, found Y".
 pub(crate) fn describe(value: &Value) -> String {
@@ -123,12 +124,12 @@ impl<'e> Fields<'e> {
     }
 
     /// A string field parsed into a validated newtype.
-    pub(crate) fn parse<T: FromStr<Err = Problem>>(&mut self, name: &str) -> Option<T> {
+    pub(crate) fn parse<T: FromStr<Err = E>, E: Into<Problem>>(&mut self, name: &str) -> Option<T> {
         let s = self.string(name)?;
         match s.parse() {
             Ok(v) => Some(v),
             Err(problem) => {
-                self.error(name, problem);
+                self.error(name, problem.into());
                 None
             }
         }
@@ -136,7 +137,7 @@ impl<'e> Fields<'e> {
 
     /// Like [`Fields::parse`], but a missing field is an error. Returns
     /// `None` when any problem was recorded.
-    pub(crate) fn required<T: FromStr<Err = Problem>>(&mut self, name: &str) -> Option<T> {
+    pub(crate) fn required<T: FromStr<Err = E>, E: Into<Problem>>(&mut self, name: &str) -> Option<T> {
         if !self.has(name) {
             self.error(name, Problem::Missing);
             return None;
@@ -176,9 +177,9 @@ impl<'e> Fields<'e> {
         for (i, item) in items.into_iter().enumerate() {
             let field = format!("{name}[{i}]");
             match item {
-                Value::String(s) => match s.parse() {
+                Value::String(s) => match s.parse::<Tag>() {
                     Ok(tag) => tags.push(tag),
-                    Err(problem) => self.error(&field, problem),
+                    Err(problem) => self.error(&field, problem.into()),
                 },
                 other => self.wrong_type(&field, "a string", &other),
             }

@@ -9,11 +9,9 @@
 mod checks;
 mod error;
 mod fields;
-mod host_key;
 mod selector;
 mod settings;
 mod toplevel;
-mod types;
 
 use std::collections::HashMap;
 
@@ -24,13 +22,14 @@ use crate::checks::HostChecks;
 use crate::rollout::{BatchSize, CanarySpec, RolloutSettings};
 
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
-pub use host_key::{HostKey, HostKeyError, KeyType};
-pub use selector::{select, Selector, SelectorError, Unmatched};
+pub use selector::select;
 pub use settings::{Settings, TimeoutSettings};
-pub use toplevel::{parse_toplevels, StorePath, Toplevel, ToplevelError};
-pub use types::{Address, HostName, MachineId, SshUser, Tag, DEFAULT_SSH_PORT};
+pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
-use error::suggest;
+use crate::model::{
+    Address, HostKey, HostName, MachineId, Selector, SshUser, Tag, DEFAULT_SSH_PORT,
+};
+use crate::text::suggest;
 use fields::{describe, Fields};
 
 /// What `nix/eval-inventory.nix` returns in `inventory` mode.
@@ -310,14 +309,14 @@ fn read_host(
     let name = match raw_name.parse::<HostName>() {
         Ok(name) => Some(name),
         Err(problem) => {
-            errors.push(location.clone(), None, problem);
+            errors.push(location.clone(), None, problem.into());
             None
         }
     };
     let mut fields = Fields::new(location, None, value, &HOST_FIELDS, errors)?;
-    let address = fields.required::<Address>("address");
+    let address = fields.required::<Address, _>("address");
     let host_key = read_host_key(&mut fields);
-    let machine_id = fields.parse::<MachineId>("machineId");
+    let machine_id = fields.parse::<MachineId, _>("machineId");
     let configuration = read_configuration(&mut fields, raw_name, configurations);
     let settings = Settings::merge(defaults, Settings::read(&mut fields));
     fields.finish();

@@ -1,133 +1,26 @@
-//! Host selection (`--on`): comma-separated host names, globs and `@tag`s.
-//!
-//! The selection is the union of what the terms match, in inventory (name)
-//! order. A term that matches nothing is an error, never silently ignored:
-//! a typo in `--on` must not turn into "deployed to fewer hosts than meant".
+//! Which hosts of the inventory a selector picks: the union of what its
+//! terms match, in inventory (name) order. A term that matches nothing is an
+//! error, never silently ignored: a typo in `--on` must not turn into
+//! "deployed to fewer hosts than meant".
 
-use std::fmt;
-use std::str::FromStr;
-
-use super::error::suggest;
-use super::{Host, HostName, Inventory, Tag};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Term {
-    Name(HostName),
-    Glob(glob::Pattern),
-    Tag(Tag),
-}
-
-impl Term {
-    fn matches(&self, host: &Host) -> bool {
-        match self {
-            Term::Name(name) => host.name == *name,
-            Term::Glob(pattern) => pattern.matches(host.name.as_str()),
-            Term::Tag(tag) => host.has_tag(tag),
-        }
-    }
-}
-
-/// A parsed `--on` selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
-    terms: Vec<Term>,
-}
-
-/// A term that selected nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unmatched {
-    UnknownHost {
-        name: String,
-        suggestion: Option<String>,
-    },
-    UnknownTag {
-        tag: String,
-    },
-    NoMatch {
-        pattern: String,
-    },
-}
-
-impl fmt::Display for Unmatched {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unmatched::UnknownHost { name, suggestion } => {
-                write!(f, "unknown host {name:?}")?;
-                if let Some(s) = suggestion {
-                    write!(f, " (did you mean {s:?}?)")?;
-                }
-                Ok(())
-            }
-            Unmatched::UnknownTag { tag } => write!(f, "unknown tag \"@{tag}\""),
-            Unmatched::NoMatch { pattern } => write!(f, "no host matches {pattern:?}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SelectorError {
-    #[error("selector {0:?} has an empty term")]
-    EmptyTerm(String),
-    #[error("selector term {term:?}: {reason}")]
-    InvalidTerm { term: String, reason: String },
-    #[error("{}", join_unmatched(.0))]
-    Unmatched(Vec<Unmatched>),
-    #[error("no hosts selected: the inventory has no hosts")]
-    Empty,
-}
-
-fn join_unmatched(list: &[Unmatched]) -> String {
-    let parts: Vec<String> = list.iter().map(ToString::to_string).collect();
-    format!("selector: {}", parts.join("; "))
-}
+use super::{Host, Inventory};
+use crate::model::{Selector, SelectorError, Term, Unmatched};
+use crate::text::suggest;
 
 impl Selector {
     /// Whether one host is selected.
     pub fn matches_host(&self, host: &Host) -> bool {
-        self.terms.iter().any(|t| t.matches(host))
+        self.matches(&host.name, &host.tags)
     }
-}
 
-impl FromStr for Selector {
-    type Err = SelectorError;
-
-    fn from_str(s: &str) -> Result<Self, SelectorError> {
-        let mut terms = Vec::new();
-        for raw in s.split(',') {
-            let term = raw.trim();
-            if term.is_empty() {
-                return Err(SelectorError::EmptyTerm(s.to_owned()));
-            }
-            let invalid = |reason: String| SelectorError::InvalidTerm {
-                term: term.to_owned(),
-                reason,
-            };
-            if let Some(tag) = term.strip_prefix('@') {
-                let tag = tag.parse::<Tag>().map_err(|p| invalid(p.to_string()))?;
-                terms.push(Term::Tag(tag));
-            } else if term.contains(['*', '?', '[']) {
-                let pattern = glob::Pattern::new(term).map_err(|e| invalid(e.to_string()))?;
-                terms.push(Term::Glob(pattern));
-            } else {
-                let name = term
-                    .parse::<HostName>()
-                    .map_err(|p| invalid(p.to_string()))?;
-                terms.push(Term::Name(name));
-            }
-        }
-        Ok(Selector { terms })
-    }
-}
-
-impl Selector {
     /// The hosts this selector picks, in inventory order; an error when a
     /// term matches nothing or the result is empty.
     pub fn select<'i>(&self, inventory: &'i Inventory) -> Result<Vec<&'i Host>, SelectorError> {
         let hosts = inventory.hosts();
         let unmatched: Vec<Unmatched> = self
-            .terms
+            .terms()
             .iter()
-            .filter(|term| !hosts.iter().any(|h| term.matches(h)))
+            .filter(|term| !hosts.iter().any(|h| term.matches(&h.name, &h.tags)))
             .map(|term| match term {
                 Term::Name(name) => Unmatched::UnknownHost {
                     name: name.to_string(),
@@ -146,7 +39,7 @@ impl Selector {
         }
         let selected: Vec<&Host> = hosts
             .iter()
-            .filter(|h| self.terms.iter().any(|t| t.matches(h)))
+            .filter(|h| self.matches_host(h))
             .collect();
         if selected.is_empty() {
             return Err(SelectorError::Empty);
@@ -171,8 +64,9 @@ pub fn select<'i>(
 #[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
 mod tests {
     use super::*;
-    use crate::inventory::host_key::tests::ed25519;
-    use crate::inventory::{Configuration, SshUser};
+    use crate::model::host_key::tests::ed25519;
+    use crate::inventory::Configuration;
+use crate::model::SshUser;
 
     fn host(name: &str, tags: &[&str]) -> Host {
         Host {

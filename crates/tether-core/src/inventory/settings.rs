@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::checks::{read_checks, CheckMap};
 use super::fields::Fields;
-use super::types::{SshUser, Tag};
+use crate::model::{SshUser, Tag};
 use crate::checks::{FailedUnits, HostChecks};
 
 /// Per-host time limits in seconds (`timeouts = { lease = 15; … }`); unset

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::host_key::tests::{ed25519, key_line};
+use crate::model::host_key::tests::{ed25519, key_line};
 use super::*;
 
 fn doc(tether: Value) -> EvalDocument {

@@ -2,38 +2,11 @@
 //! `nix/eval-inventory.nix` returns in `toplevels` mode, parsed and checked.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::HostName;
-
-/// An absolute Nix store path as Nix printed it (`/nix/store/…`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct StorePath(String);
-
-impl StorePath {
-    /// Accepts an absolute path with no whitespace or control characters,
-    /// so it can be passed to `nix` and to a remote shell after quoting.
-    pub fn new(s: &str) -> Option<StorePath> {
-        let ok = s.starts_with('/')
-            && s.len() > 1
-            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-        ok.then(|| StorePath(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for StorePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::model::{HostName, StorePath};
 
 /// A host's evaluated system: the `config.system.build.toplevel` derivation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

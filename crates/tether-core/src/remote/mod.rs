@@ -11,10 +11,9 @@
 pub mod plan;
 pub mod status;
 
-use crate::inventory::StorePath;
+use crate::model::{DeployId, Goal, StorePath, Token};
 use crate::shell::quote;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 /// The guard's shell script, written to the target at arm time.
@@ -24,61 +23,6 @@ pub const RUN_DIR: &str = "/run/tether";
 pub const LOCK_DIR: &str = "/run/tether/lock";
 pub const JOURNAL: &str = "/var/lib/tether/journal";
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
-
-/// A deploy's identity: a sortable timestamp and a random suffix,
-/// `20261121T084900-1a2b3c`. Only `[0-9A-Za-z-]`, so it is safe in unit
-/// names and paths.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub struct DeployId(String);
-
-impl DeployId {
-    /// Builds an id from a UTC timestamp (`YYYYmmddTHHMMSS`) and random hex.
-    pub fn new(timestamp: &str, random_hex: &str) -> Option<DeployId> {
-        let id = format!("{timestamp}-{random_hex}");
-        let ok = !timestamp.is_empty()
-            && !random_hex.is_empty()
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        ok.then_some(DeployId(id))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A related id for a follow-up trial of the same run (`<id>-revert`).
-    pub fn derived(&self, suffix: &str) -> Option<DeployId> {
-        let id = format!("{}-{suffix}", self.0);
-        id.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-            .then_some(DeployId(id))
-    }
-}
-
-impl fmt::Display for DeployId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The secret that lets exactly one deploy confirm its own trial.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    /// Accepts 32 or more hex digits.
-    pub fn new(hex: &str) -> Option<Token> {
-        (hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| Token(hex.into()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(…)")
-    }
-}
 
 /// Everything the target needs to guard one trial.
 #[derive(Debug, Clone)]
@@ -104,50 +48,6 @@ impl GuardSpec {
     }
     fn lease_secs(&self) -> u64 {
         self.lease.as_secs().max(1)
-    }
-}
-
-/// Goals of `switch-to-configuration`, with what each implies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Goal {
-    Switch,
-    Boot,
-    Test,
-    DryActivate,
-}
-
-impl Goal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Goal::Switch => "switch",
-            Goal::Boot => "boot",
-            Goal::Test => "test",
-            Goal::DryActivate => "dry-activate",
-        }
-    }
-    /// Whether the new system is activated now (and so needs a guard).
-    pub fn activates(self) -> bool {
-        matches!(self, Goal::Switch | Goal::Test)
-    }
-    /// Whether the profile and boot default move to the new system.
-    pub fn persists(self) -> bool {
-        matches!(self, Goal::Switch | Goal::Boot)
-    }
-}
-
-impl std::str::FromStr for Goal {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "switch" => Ok(Goal::Switch),
-            "boot" => Ok(Goal::Boot),
-            "test" => Ok(Goal::Test),
-            "dry-activate" => Ok(Goal::DryActivate),
-            _ => Err(format!(
-                "unknown goal {s:?} (expected switch, boot, test or dry-activate)"
-            )),
-        }
     }
 }
 

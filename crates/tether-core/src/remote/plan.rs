@@ -54,7 +54,7 @@ echo "plan=done"
 
 /// The unit files of `system` (a path in the store where this runs: the
 /// deployer's, for a system it built). Ends with `units=done`.
-pub fn unit_files_script(system: &crate::inventory::StorePath) -> String {
+pub fn unit_files_script(system: &crate::model::StorePath) -> String {
     format!(
         "set -u\nsys={}\n{UNIT_FILES_SNIPPET}echo \"units=done\"\n",
         quote(system.as_str())
@@ -218,7 +218,7 @@ plan=done
         let u = parse_unit_files("unit_file=ab fixture-a.service\nunits=done\n").unwrap();
         assert_eq!(u.hashes.len(), 1);
         let script = unit_files_script(
-            &crate::inventory::StorePath::new("/nix/store/x-it's").unwrap_or_else(|| {
+            &crate::model::StorePath::new("/nix/store/x-it's").unwrap_or_else(|| {
                 panic!("valid store path");
             }),
         );

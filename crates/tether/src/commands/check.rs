@@ -7,7 +7,8 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use tether_core::checks::{self, Baseline, CheckAttempt, CheckFailure, HostChecks};
 use tether_core::deploy::{Clock, Event, EventKind, Reporter};
-use tether_core::inventory::{Host, HostName};
+use tether_core::inventory::Host;
+use tether_core::model::HostName;
 
 use crate::cli::Context;
 use crate::clock::TokioClock;

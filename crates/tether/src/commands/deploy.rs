@@ -7,8 +7,10 @@ use std::time::Duration;
 use tether_core::checks::CheckTarget;
 use tether_core::deploy::host::SystemSource;
 use tether_core::deploy::{HostJob, Timeouts};
-use tether_core::inventory::{Host, Inventory, StorePath, TimeoutSettings};
-use tether_core::remote::{preflight_script_for, DeployId, Goal, PersistMode};
+use tether_core::inventory::{Host, Inventory, TimeoutSettings};
+use tether_core::model::StorePath;
+use tether_core::remote::{preflight_script_for, PersistMode};
+use tether_core::model::{DeployId, Goal};
 use tether_core::rollout::{
     plan_stages, resolve_canaries, BatchSize, CanarySpec, RolloutPlan, RolloutSettings,
 };

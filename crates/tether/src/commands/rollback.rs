@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use tether_core::deploy::host::SystemSource;
 use tether_core::deploy::{Conn, HostReport, Outcome, Target};
-use tether_core::inventory::{Host, StorePath};
+use tether_core::inventory::Host;
+use tether_core::model::StorePath;
 use tether_core::remote::status::{parse_status, status_script, HostStatus};
-use tether_core::remote::{Goal, PersistMode};
+use tether_core::remote::PersistMode;
+use tether_core::model::Goal;
 
 use crate::cli::Context;
 use crate::commands::deploy::{base_job, rollout_plan, RolloutArgs, TimeoutArgs};

@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use tether_core::deploy::{Conn, RemoteError, Target};
-use tether_core::inventory::{Host, HostName};
+use tether_core::inventory::Host;
+use tether_core::model::HostName;
 use tether_core::remote::status::{
     parse_status, short_system, status_script, Generation, HostStatus, LastDeploy,
 };

@@ -14,10 +14,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tether_core::inventory::{
-    parse_toplevels, EvalDocument, HostName, Inventory, InventoryErrors, StorePath, Toplevel,
-    ToplevelError,
-};
+use tether_core::inventory::{parse_toplevels, EvalDocument, Inventory, InventoryErrors, Toplevel, ToplevelError};
+use tether_core::model::{HostName, StorePath};
 
 pub use escape::nix_string;
 pub use flake_ref::resolve_flake_ref;

@@ -1,5 +1,5 @@
-//! Validated newtypes of the inventory: a value of one of these types has
-//! been checked once, when it was parsed, and is trusted everywhere after.
+//! Names and addresses: a value of one of these types has been checked
+//! once, when it was parsed, and is trusted everywhere after.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::error::Problem;
+use super::error::ValueError;
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]*`: safe on a command line, in a file name and
 /// in a selector (no glob characters, no `@`, no `,`).
@@ -29,12 +29,12 @@ impl HostName {
 }
 
 impl FromStr for HostName {
-    type Err = Problem;
-    fn from_str(s: &str) -> Result<Self, Problem> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if is_simple_name(s) {
             Ok(HostName(s.to_owned()))
         } else {
-            Err(Problem::InvalidHostName(s.to_owned()))
+            Err(ValueError::InvalidHostName(s.to_owned()))
         }
     }
 }
@@ -63,12 +63,12 @@ impl Tag {
 }
 
 impl FromStr for Tag {
-    type Err = Problem;
-    fn from_str(s: &str) -> Result<Self, Problem> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if is_simple_name(s) {
             Ok(Tag(s.to_owned()))
         } else {
-            Err(Problem::InvalidTag(s.to_owned()))
+            Err(ValueError::InvalidTag(s.to_owned()))
         }
     }
 }
@@ -91,14 +91,14 @@ impl MachineId {
 }
 
 impl FromStr for MachineId {
-    type Err = Problem;
-    fn from_str(s: &str) -> Result<Self, Problem> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         // machine-id(5): uppercase is not allowed, and all zeros means "unset".
         let hex = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if hex && s.bytes().any(|b| b != b'0') {
             Ok(MachineId(s.to_owned()))
         } else {
-            Err(Problem::InvalidMachineId(s.to_owned()))
+            Err(ValueError::InvalidMachineId(s.to_owned()))
         }
     }
 }
@@ -145,9 +145,9 @@ impl Serialize for Address {
 }
 
 impl FromStr for Address {
-    type Err = Problem;
-    fn from_str(s: &str) -> Result<Self, Problem> {
-        let invalid = |reason| Problem::InvalidAddress {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let invalid = |reason| ValueError::InvalidAddress {
             value: s.to_owned(),
             reason,
         };
@@ -212,9 +212,9 @@ impl Default for SshUser {
 }
 
 impl FromStr for SshUser {
-    type Err = Problem;
-    fn from_str(s: &str) -> Result<Self, Problem> {
-        let invalid = |reason| Problem::InvalidUser {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let invalid = |reason| ValueError::InvalidUser {
             value: s.to_owned(),
             reason,
         };
@@ -260,7 +260,7 @@ mod tests {
         for bad in ["", "-web", ".x", "web*", "a b", "@t", "a,b", "ü"] {
             assert_eq!(
                 bad.parse::<HostName>(),
-                Err(Problem::InvalidHostName(bad.into()))
+                Err(ValueError::InvalidHostName(bad.into()))
             );
         }
     }
@@ -269,7 +269,7 @@ mod tests {
     fn tags_reject_selector_characters() {
         assert!("eu-west.1".parse::<Tag>().is_ok());
         for bad in ["", "@web", "a,b", "we b", "w*"] {
-            assert_eq!(bad.parse::<Tag>(), Err(Problem::InvalidTag(bad.into())));
+            assert_eq!(bad.parse::<Tag>(), Err(ValueError::InvalidTag(bad.into())));
         }
     }
 

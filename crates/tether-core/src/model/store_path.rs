@@ -1,0 +1,31 @@
+//! Nix store paths as Nix prints them.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// An absolute Nix store path as Nix printed it (`/nix/store/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct StorePath(String);
+
+impl StorePath {
+    /// Accepts an absolute path with no whitespace or control characters,
+    /// so it can be passed to `nix` and to a remote shell after quoting.
+    pub fn new(s: &str) -> Option<StorePath> {
+        let ok = s.starts_with('/')
+            && s.len() > 1
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        ok.then(|| StorePath(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
