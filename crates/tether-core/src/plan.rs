@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::deploy::{Conn, RemoteError, Target};
 use crate::model::{HostName, StorePath};
+use crate::ports::{Conn, RemoteError, Target};
 use crate::remote;
 use crate::remote::plan::{HostSystem, UnitFiles};
 

@@ -49,10 +49,7 @@ pub fn short_store_path(path: &str) -> String {
 }
 
 /// Closest candidate to `word`, if it is close enough to be a likely typo.
-pub fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let word_lower = word.to_lowercase();
     candidates
         .into_iter()
@@ -86,7 +83,6 @@ fn levenshtein(a: &str, b: &str) -> usize {
     }
     d[a.len()][b.len()]
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -1,7 +1,7 @@
 //! The real clock for the deployment logic: tokio's monotonic time.
 
 use std::time::Duration;
-use tether_core::deploy::Clock;
+use tether_core::ports::Clock;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use tether_core::deploy::{Event, EventKind, HostReport, Outcome, Reporter};
+use tether_core::ports::Reporter;
 use tether_core::remote::status::JournalLine;
+use tether_core::report::{Event, EventKind, HostReport, Outcome};
 
 /// Forward-only migrations; entry `i` moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[r#"

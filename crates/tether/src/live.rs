@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tether_core::deploy::{Event, EventKind, Reporter};
+use tether_core::ports::Reporter;
+use tether_core::report::{Event, EventKind};
 
 pub struct LiveReporter {
     multi: MultiProgress,

@@ -5,8 +5,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tether_core::checks::{CommandOutput, HttpRequest, HttpResponse, Probe};
 use tether_core::model::Address;
+use tether_core::ports::{CommandOutput, HttpRequest, HttpResponse, Probe};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 

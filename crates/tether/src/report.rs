@@ -6,7 +6,8 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use serde::Serialize;
-use tether_core::deploy::{Event, EventKind, HostReport, Outcome, Reporter};
+use tether_core::ports::Reporter;
+use tether_core::report::{Event, EventKind, HostReport, Outcome};
 
 /// Progress for people: one line per phase change, warning, output line and
 /// outcome, prefixed with the elapsed time and the host. No control

@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tether_core::deploy::{run_fleet, Event, EventKind, HostJob, HostReport, Reporter, Rollout};
+use tether_core::deploy::{run_fleet, HostJob, Rollout};
 use tether_core::model::{DeployId, Goal, Token};
-use tether_core::rollout::RolloutPlan;
+use tether_core::ports::Reporter;
+use tether_core::report::{Event, EventKind, HostReport};
+use tether_core::spec::RolloutPlan;
 
 use crate::cli::Context;
 use crate::clock::TokioClock;
@@ -242,7 +244,7 @@ pub async fn execute(
     futures::future::join_all(targets.iter().map(SshTarget::close)).await;
     reports.extend(decided);
     reports.sort_by(|a, b| a.host.cmp(&b.host));
-    let code = tether_core::deploy::outcome::exit_code(&reports);
+    let code = tether_core::report::exit_code(&reports);
     if let Some(j) = &journal {
         if let Err(e) = j.finish_run(deploy_id.as_str(), code, &reports) {
             eprintln!("warning: could not record the end of this run in the journal: {e}");

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tether_core::deploy::{Conn, RemoteError, ScriptOutput, Target};
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
+use tether_core::ports::{Conn, RemoteError, ScriptOutput, Target};
 use tether_core::shell::quote;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;

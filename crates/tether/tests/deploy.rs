@@ -410,8 +410,8 @@ fn four_hosts_at_once_where_one_breaks_its_network() {
 #[test]
 fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
     use tether_core::model::StorePath;
+    use tether_core::model::{DeployId, Goal, Token};
     use tether_core::remote::{arm_and_activate_script, GuardSpec};
-use tether_core::model::{DeployId, Goal, Token};
     let f = Fleet::up("d16", 1);
     let b = before(&f, "host1");
     f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);

@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::deploy::ports::{RemoteError, ScriptOutput};
-use crate::model::StorePath;
+use crate::model::{Address, StorePath};
+use crate::ports::{CommandOutput, RemoteError, ScriptOutput};
+use crate::spec::{CommandCheck, TcpCheck};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 
 #[derive(Default)]
 struct Clock0(Cell<Duration>);

@@ -10,15 +10,14 @@
 //! confirmed are then switched back to their old system, newest first, with
 //! the same safe switch.
 
-use super::events::{Event, EventKind};
 use super::host::{run_host, HostJob, SystemSource};
-use super::outcome::{HostReport, Outcome};
-use super::ports::{Clock, Reporter, Target};
-use crate::checks::Probe;
 use crate::model::StorePath;
-use crate::remote::PersistMode;
 use crate::model::Token;
-use crate::rollout::RolloutPlan;
+use crate::ports::Probe;
+use crate::ports::{Clock, Reporter, Target};
+use crate::remote::PersistMode;
+use crate::report::{Event, EventKind, HostReport, Outcome};
+use crate::spec::RolloutPlan;
 use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};

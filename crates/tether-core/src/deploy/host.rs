@@ -8,48 +8,19 @@
 //! guard leaves the trial on its own (activation failed, lease lapsed), the
 //! deploy stops trying to confirm and waits to learn what the guard did.
 
-use super::events::{Event, EventKind, Phase};
-use super::outcome::{HostReport, Outcome};
-use super::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
-use crate::checks::{self, Baseline, CheckAttempt, CheckTarget, HostChecks, Probe};
-use crate::model::{HostName, StorePath};
-use crate::remote::{self, ArmResult, ConfirmResult, Facts, GuardSpec, GuardState, PersistMode};
+use crate::checks::{self, Baseline};
 use crate::model::{DeployId, Goal, Token};
+use crate::model::{HostName, StorePath};
+use crate::ports::Probe;
+use crate::ports::{Clock, Conn, RemoteError, Reporter, ScriptOutput, Target};
+use crate::remote::{self, ArmResult, ConfirmResult, Facts, GuardSpec, GuardState, PersistMode};
+use crate::report::CheckAttempt;
+use crate::report::{Event, EventKind, HostReport, Outcome, Phase};
+use crate::spec::Timeouts;
+use crate::spec::{CheckTarget, HostChecks};
 use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
-
-/// Time limits of one host's deploy (documented in docs/deploy.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// How long `switch-to-configuration` may run.
-    pub activation: Duration,
-    /// The guard's lease: how long the target waits for the deployer before
-    /// rolling back by itself. Renewed every fifth of it.
-    pub lease: Duration,
-    /// How long to keep trying to confirm over fresh connections.
-    pub confirm: Duration,
-    /// After giving up on a trial: how long (beyond the lease) to wait to
-    /// learn that the host rolled back before reporting it unknown.
-    pub rollback: Duration,
-    /// How long a closure copy may take.
-    pub copy: Duration,
-    /// How long one ordinary remote command may take.
-    pub command: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            activation: Duration::from_secs(300),
-            lease: Duration::from_secs(15),
-            confirm: Duration::from_secs(20),
-            rollback: Duration::from_secs(90),
-            copy: Duration::from_secs(1800),
-            command: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Everything needed to deploy one host.
 #[derive(Debug, Clone)]
@@ -895,7 +866,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         let on_attempt = |a: CheckAttempt| {
             self.emit(EventKind::Check {
                 check: a.check,
-                kind: a.kind.to_string(),
+                kind: a.kind,
                 attempt: a.attempt,
                 passed: a.passed,
                 detail: a.detail,

@@ -4,12 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::checks::{
-    Check, CheckKind, CheckTarget, CommandOutput, FailedUnits, HostChecks, HttpCheck, HttpRequest,
-    HttpResponse, Probe,
+use crate::model::{DeployId, Goal, StorePath, Token};
+use crate::ports::{
+    Clock, CommandOutput, Conn, HttpRequest, HttpResponse, Probe, RemoteError, Reporter,
+    ScriptOutput, Target,
 };
-use crate::model::StorePath;
-use crate::model::{DeployId, Goal, Token};
+use crate::report::{Event, EventKind, HostReport, Outcome, Phase};
+use crate::spec::{Check, CheckKind, CheckTarget, FailedUnits, HostChecks, HttpCheck, Timeouts};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -734,11 +735,14 @@ fn exit_codes_tell_success_failure_and_unknown_apart() {
     let rolled = r(Outcome::RolledBack { reason: "x".into() });
     let unknown = r(Outcome::Unknown { reason: "x".into() });
     assert_eq!(
-        outcome::exit_code(&[confirmed.clone(), r(Outcome::Unchanged)]),
+        crate::report::exit_code(&[confirmed.clone(), r(Outcome::Unchanged)]),
         0
     );
-    assert_eq!(outcome::exit_code(&[confirmed.clone(), rolled.clone()]), 1);
-    assert_eq!(outcome::exit_code(&[rolled, unknown, confirmed]), 3);
+    assert_eq!(
+        crate::report::exit_code(&[confirmed.clone(), rolled.clone()]),
+        1
+    );
+    assert_eq!(crate::report::exit_code(&[rolled, unknown, confirmed]), 3);
 }
 
 #[test]
@@ -773,7 +777,8 @@ fn a_system_already_on_the_target_is_not_copied_and_switches_generation() {
 mod rollout {
     use super::*;
     use crate::model::HostName;
-    use crate::rollout::{plan_stages, BatchSize, RolloutSettings};
+    use crate::rollout::plan_stages;
+    use crate::spec::{BatchSize, RolloutSettings};
     use std::sync::atomic::AtomicBool;
 
     fn host_job(name: &str) -> HostJob {

@@ -11,12 +11,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::error::Problem;
-use crate::text::suggest;
 use super::fields::{describe, Fields};
 use crate::model::Address;
-use crate::checks::{
+use crate::spec::{
     Check, CheckKind, CommandCheck, CommandOn, HttpCheck, TcpCheck, DEFAULT_ATTEMPT_TIMEOUT,
 };
+use crate::text::suggest;
 
 const HTTP_FIELDS: &[&str] = &[
     "type",

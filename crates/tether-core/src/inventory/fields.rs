@@ -11,9 +11,9 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use super::error::{InventoryErrors, Location, Problem};
-use crate::text::suggest;
-use super::settings::TimeoutSettings;
 use crate::model::Tag;
+use crate::spec::TimeoutSettings;
+use crate::text::suggest;
 
 /// A short description of a JSON value's type for "expected X, found Y".
 pub(crate) fn describe(value: &Value) -> String {
@@ -137,7 +137,10 @@ impl<'e> Fields<'e> {
 
     /// Like [`Fields::parse`], but a missing field is an error. Returns
     /// `None` when any problem was recorded.
-    pub(crate) fn required<T: FromStr<Err = E>, E: Into<Problem>>(&mut self, name: &str) -> Option<T> {
+    pub(crate) fn required<T: FromStr<Err = E>, E: Into<Problem>>(
+        &mut self,
+        name: &str,
+    ) -> Option<T> {
         if !self.has(name) {
             self.error(name, Problem::Missing);
             return None;

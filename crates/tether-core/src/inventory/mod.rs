@@ -18,12 +18,14 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::checks::HostChecks;
-use crate::rollout::{BatchSize, CanarySpec, RolloutSettings};
+use crate::spec::HostChecks;
+use crate::spec::{BatchSize, CanarySpec, RolloutSettings};
 
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use selector::select;
-pub use settings::{Settings, TimeoutSettings};
+pub use settings::Settings;
+
+use crate::spec::TimeoutSettings;
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
 use crate::model::{

@@ -37,10 +37,7 @@ impl Selector {
         if !unmatched.is_empty() {
             return Err(SelectorError::Unmatched(unmatched));
         }
-        let selected: Vec<&Host> = hosts
-            .iter()
-            .filter(|h| self.matches_host(h))
-            .collect();
+        let selected: Vec<&Host> = hosts.iter().filter(|h| self.matches_host(h)).collect();
         if selected.is_empty() {
             return Err(SelectorError::Empty);
         }
@@ -64,9 +61,9 @@ pub fn select<'i>(
 #[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
 mod tests {
     use super::*;
-    use crate::model::host_key::tests::ed25519;
     use crate::inventory::Configuration;
-use crate::model::SshUser;
+    use crate::model::host_key::tests::ed25519;
+    use crate::model::SshUser;
 
     fn host(name: &str, tags: &[&str]) -> Host {
         Host {

@@ -16,51 +16,7 @@ use std::time::Duration;
 use super::checks::{read_checks, CheckMap};
 use super::fields::Fields;
 use crate::model::{SshUser, Tag};
-use crate::checks::{FailedUnits, HostChecks};
-
-/// Per-host time limits in seconds (`timeouts = { lease = 15; … }`); unset
-/// keys take tether's defaults (docs/deploy.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TimeoutSettings {
-    pub activation: Option<u64>,
-    pub lease: Option<u64>,
-    pub confirm: Option<u64>,
-    pub rollback: Option<u64>,
-    pub copy: Option<u64>,
-}
-
-impl TimeoutSettings {
-    /// The keys `timeouts` accepts, with their allowed range in seconds.
-    pub const KEYS: &'static [(&'static str, u64, u64)] = &[
-        ("activation", 1, 86_400),
-        ("lease", 3, 3_600),
-        ("confirm", 1, 3_600),
-        ("rollback", 1, 3_600),
-        ("copy", 1, 86_400),
-    ];
-
-    pub(crate) fn set(&mut self, key: &str, value: u64) {
-        match key {
-            "activation" => self.activation = Some(value),
-            "lease" => self.lease = Some(value),
-            "confirm" => self.confirm = Some(value),
-            "rollback" => self.rollback = Some(value),
-            "copy" => self.copy = Some(value),
-            _ => {}
-        }
-    }
-
-    fn merge(defaults: &TimeoutSettings, host: TimeoutSettings) -> TimeoutSettings {
-        TimeoutSettings {
-            activation: host.activation.or(defaults.activation),
-            lease: host.lease.or(defaults.lease),
-            confirm: host.confirm.or(defaults.confirm),
-            rollback: host.rollback.or(defaults.rollback),
-            copy: host.copy.or(defaults.copy),
-        }
-    }
-}
+use crate::spec::{FailedUnits, HostChecks, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -163,7 +119,7 @@ impl Settings {
                 .chain(defaults.ssh_options.iter())
                 .cloned()
                 .collect(),
-            timeouts: TimeoutSettings::merge(&defaults.timeouts, host.timeouts),
+            timeouts: host.timeouts.over(&defaults.timeouts),
             // A host's check replaces the default's of the same name.
             checks: {
                 let mut checks = defaults.checks.clone();

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::model::host_key::tests::{ed25519, key_line};
 use super::*;
+use crate::model::host_key::tests::{ed25519, key_line};
 
 fn doc(tether: Value) -> EvalDocument {
     EvalDocument {
@@ -371,7 +371,7 @@ fn check_error(check: Value) -> String {
 
 #[test]
 fn checks_merge_by_name_and_take_documented_defaults() {
-    use crate::checks::{CheckKind, FailedUnits};
+    use crate::spec::{CheckKind, FailedUnits};
     let tether = json!({
         "defaults": {
             "checks": {
@@ -508,14 +508,14 @@ fn rollout_policy_is_read_and_checked() {
     });
     let inv = Inventory::from_eval(doc(tether)).expect("valid");
     let r = inv.rollout();
-    assert_eq!(r.batch, Some(crate::rollout::BatchSize::Percent(25)));
+    assert_eq!(r.batch, Some(crate::spec::BatchSize::Percent(25)));
     assert_eq!(
         (r.parallel, r.max_failures, r.revert_on_failure),
         (Some(4), Some(0), Some(true))
     );
     assert!(matches!(
         r.canary,
-        Some(crate::rollout::CanarySpec::Selector(_))
+        Some(crate::spec::CanarySpec::Selector(_))
     ));
     let errors = errors_of(json!({
         "hosts": {"web1": web1()},

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
-use tether_core::checks::{self, Baseline, CheckAttempt, CheckFailure, HostChecks};
-use tether_core::deploy::{Clock, Event, EventKind, Reporter};
+use tether_core::checks::{self, Baseline};
 use tether_core::inventory::Host;
 use tether_core::model::HostName;
+use tether_core::ports::{Clock, Reporter};
+use tether_core::report::{CheckAttempt, CheckFailure};
+use tether_core::report::{Event, EventKind};
+use tether_core::spec::HostChecks;
 
 use crate::cli::Context;
 use crate::clock::TokioClock;
@@ -42,7 +45,7 @@ pub struct Args {
 struct FailureReport {
     check: String,
     #[serde(rename = "type")]
-    kind: &'static str,
+    kind: tether_core::spec::CheckType,
     attempts: u32,
     detail: String,
 }
@@ -130,7 +133,7 @@ async fn check_host(
             elapsed_ms: u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX),
             kind: EventKind::Check {
                 check: a.check,
-                kind: a.kind.to_string(),
+                kind: a.kind,
                 attempt: a.attempt,
                 passed: a.passed,
                 detail: a.detail,

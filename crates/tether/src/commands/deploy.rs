@@ -4,16 +4,17 @@
 
 use std::time::Duration;
 
-use tether_core::checks::CheckTarget;
 use tether_core::deploy::host::SystemSource;
-use tether_core::deploy::{HostJob, Timeouts};
-use tether_core::inventory::{Host, Inventory, TimeoutSettings};
+use tether_core::deploy::HostJob;
+use tether_core::inventory::{Host, Inventory};
 use tether_core::model::StorePath;
-use tether_core::remote::{preflight_script_for, PersistMode};
 use tether_core::model::{DeployId, Goal};
-use tether_core::rollout::{
-    plan_stages, resolve_canaries, BatchSize, CanarySpec, RolloutPlan, RolloutSettings,
-};
+use tether_core::remote::{preflight_script_for, PersistMode};
+use tether_core::rollout::{plan_stages, resolve_canaries};
+use tether_core::spec::CheckTarget;
+use tether_core::spec::TimeoutSettings;
+use tether_core::spec::Timeouts;
+use tether_core::spec::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings};
 
 use crate::cli::Context;
 use crate::exit::CommandError;

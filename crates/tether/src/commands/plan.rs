@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use serde::Serialize;
-use tether_core::deploy::Timeouts;
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
 use tether_core::plan::{
     exit_code, parse_path_info_json, plan_host, Closure, HostPlan, PlanJob, PlanStatus, UnitsSource,
 };
 use tether_core::remote::plan::{parse_unit_files, unit_files_script, UnitFiles};
+use tether_core::spec::Timeouts;
 
 use crate::cli::Context;
 use crate::exit::CommandError;

@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use tether_core::deploy::host::SystemSource;
-use tether_core::deploy::{Conn, HostReport, Outcome, Target};
 use tether_core::inventory::Host;
+use tether_core::model::Goal;
 use tether_core::model::StorePath;
+use tether_core::ports::{Conn, Target};
 use tether_core::remote::status::{parse_status, status_script, HostStatus};
 use tether_core::remote::PersistMode;
-use tether_core::model::Goal;
+use tether_core::report::{HostReport, Outcome};
 
 use crate::cli::Context;
 use crate::commands::deploy::{base_job, rollout_plan, RolloutArgs, TimeoutArgs};
@@ -98,7 +99,7 @@ async fn resolve(
         .await
         .map_err(|e| {
             let reason = match e {
-                tether_core::deploy::RemoteError::HostKey(m) => {
+                tether_core::ports::RemoteError::HostKey(m) => {
                     format!("identity: the host did not present the pinned host key ({m})")
                 }
                 other => format!("could not read the host's generations: {other}"),

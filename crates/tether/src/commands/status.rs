@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
-use tether_core::deploy::{Conn, RemoteError, Target};
 use tether_core::inventory::Host;
 use tether_core::model::HostName;
+use tether_core::ports::{Conn, RemoteError, Target};
 use tether_core::remote::status::{
     parse_status, short_system, status_script, Generation, HostStatus, LastDeploy,
 };

@@ -14,7 +14,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tether_core::inventory::{parse_toplevels, EvalDocument, Inventory, InventoryErrors, Toplevel, ToplevelError};
+use tether_core::inventory::{
+    parse_toplevels, EvalDocument, Inventory, InventoryErrors, Toplevel, ToplevelError,
+};
 use tether_core::model::{HostName, StorePath};
 
 pub use escape::nix_string;

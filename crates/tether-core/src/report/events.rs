@@ -3,6 +3,7 @@
 
 use super::outcome::Outcome;
 use crate::model::HostName;
+use crate::spec::CheckType;
 use serde::Serialize;
 
 /// Where a host's deploy is.
@@ -47,10 +48,8 @@ pub enum EventKind {
     /// One attempt of one health check ended.
     Check {
         check: String,
-        /// `http`, `tcp`, `command`, `units`, or `system` for the built-in
-        /// `failedUnits` and `systemRunning`.
         #[serde(rename = "type")]
-        kind: String,
+        kind: CheckType,
         attempt: u32,
         passed: bool,
         detail: String,

@@ -1,10 +1,10 @@
-//! The narrow interfaces the deployment logic talks to: the remote host
-//! (scripts from [`crate::remote`] run over SSH, and closure copies), the
-//! clock, and the reporter. The `tether` crate implements them with OpenSSH,
+//! The narrow interfaces the logic talks to: the remote host (scripts from
+//! [`crate::remote`] run over SSH, and closure copies), the deployer-side
+//! probes of health checks, the clock, and the reporter. The `tether` crate implements them with OpenSSH,
 //! the Nix CLI and tokio; tests implement them with fakes.
 
-use super::events::Event;
-use crate::model::StorePath;
+use crate::model::{Address, StorePath};
+use crate::report::Event;
 use std::future::Future;
 use std::time::Duration;
 
@@ -95,4 +95,49 @@ pub trait Clock {
 /// Receives events as they happen.
 pub trait Reporter {
     fn event(&self, event: Event);
+}
+
+/// One HTTP request a [`Probe`] sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<String>,
+    pub insecure: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The body (a probe may cut it short; checks only need the start).
+    pub body: String,
+}
+
+/// How a local command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandOutput {
+    /// `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Deployer-side I/O for checks. Errors are one-line descriptions (connection
+/// refused, timed out) that end up in the check's detail.
+pub trait Probe {
+    fn http(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, String>>;
+    fn tcp(
+        &self,
+        address: &Address,
+        port: u16,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>>;
+    /// Runs `sh -c command` locally with `env` added to the environment.
+    fn command(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<CommandOutput, String>>;
 }

@@ -1,0 +1,15 @@
+//! What a deploy is asked to do, as plain data: health checks, rollout
+//! policy and time limits. The inventory and the flags produce these; the
+//! logic consumes them.
+
+mod checks;
+mod rollout;
+mod timeouts;
+
+pub use checks::{
+    Check, CheckKind, CheckTarget, CheckType, CommandCheck, CommandOn, FailedUnits, HostChecks,
+    HttpCheck, TcpCheck, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
+    FAILED_UNITS, SYSTEM_RUNNING,
+};
+pub use rollout::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
+pub use timeouts::{TimeoutSettings, Timeouts};

@@ -1,0 +1,100 @@
+//! Time limits as data: what the inventory and the flags set (in seconds,
+//! all optional), and the resolved limits of one host's deploy.
+
+use std::time::Duration;
+
+/// Time limits of one host's deploy (documented in docs/deploy.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long `switch-to-configuration` may run.
+    pub activation: Duration,
+    /// The guard's lease: how long the target waits for the deployer before
+    /// rolling back by itself. Renewed every fifth of it.
+    pub lease: Duration,
+    /// How long to keep trying to confirm over fresh connections.
+    pub confirm: Duration,
+    /// After giving up on a trial: how long (beyond the lease) to wait to
+    /// learn that the host rolled back before reporting it unknown.
+    pub rollback: Duration,
+    /// How long a closure copy may take.
+    pub copy: Duration,
+    /// How long one ordinary remote command may take.
+    pub command: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            activation: Duration::from_secs(300),
+            lease: Duration::from_secs(15),
+            confirm: Duration::from_secs(20),
+            rollback: Duration::from_secs(90),
+            copy: Duration::from_secs(1800),
+            command: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-host time limits in seconds (`timeouts = { lease = 15; … }`); unset
+/// keys take tether's defaults (docs/deploy.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutSettings {
+    pub activation: Option<u64>,
+    pub lease: Option<u64>,
+    pub confirm: Option<u64>,
+    pub rollback: Option<u64>,
+    pub copy: Option<u64>,
+}
+
+impl TimeoutSettings {
+    /// The keys `timeouts` accepts, with their allowed range in seconds.
+    pub const KEYS: &'static [(&'static str, u64, u64)] = &[
+        ("activation", 1, 86_400),
+        ("lease", 3, 3_600),
+        ("confirm", 1, 3_600),
+        ("rollback", 1, 3_600),
+        ("copy", 1, 86_400),
+    ];
+
+    pub fn set(&mut self, key: &str, value: u64) {
+        match key {
+            "activation" => self.activation = Some(value),
+            "lease" => self.lease = Some(value),
+            "confirm" => self.confirm = Some(value),
+            "rollback" => self.rollback = Some(value),
+            "copy" => self.copy = Some(value),
+            _ => {}
+        }
+    }
+
+    /// `self` over `base`, key by key (a host over the defaults, flags over
+    /// the inventory).
+    pub fn over(self, base: &TimeoutSettings) -> TimeoutSettings {
+        TimeoutSettings {
+            activation: self.activation.or(base.activation),
+            lease: self.lease.or(base.lease),
+            confirm: self.confirm.or(base.confirm),
+            rollback: self.rollback.or(base.rollback),
+            copy: self.copy.or(base.copy),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The limits `settings` asks for (flags already over the inventory),
+    /// tether's defaults for the rest.
+    pub fn resolve(settings: &TimeoutSettings) -> Timeouts {
+        let d = Timeouts::default();
+        let pick =
+            |secs: Option<u64>, default: Duration| secs.map(Duration::from_secs).unwrap_or(default);
+        Timeouts {
+            activation: pick(settings.activation, d.activation),
+            lease: pick(settings.lease, d.lease),
+            confirm: pick(settings.confirm, d.confirm),
+            rollback: pick(settings.rollback, d.rollback),
+            copy: pick(settings.copy, d.copy),
+            command: d.command,
+        }
+    }
+}
