@@ -5,6 +5,7 @@
 
 pub mod checks;
 pub mod deploy;
+pub mod identity;
 pub mod inventory;
 pub mod model;
 pub mod plan;

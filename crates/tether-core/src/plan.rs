@@ -6,14 +6,18 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::identity::{self, Expected, Seen};
 use crate::model::{HostName, StorePath};
-use crate::ports::{Conn, RemoteError, Target};
-use crate::remote;
-use crate::remote::plan::{HostSystem, UnitFiles};
+use crate::ports::{call, call_streaming, CallError, Conn, RemoteError, Target};
+use crate::remote::plan::{CurrentSystem, HostSystem, UnitFiles};
+use crate::remote::{DryActivate, Preflight};
+use crate::report::IdentityProblem;
+use crate::text::tail;
 
 // ---------------------------------------------------------------------------
 // Store path names and versions
@@ -96,7 +100,7 @@ pub fn compare_versions(v1: &str, v2: &str) -> Ordering {
 // Closures and their difference
 
 /// A closure: every store path in it and its NAR size in bytes.
-pub type Closure = BTreeMap<String, u64>;
+pub use crate::model::Closure;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected `nix path-info --json` output: {0}")]
@@ -401,7 +405,8 @@ pub struct HostPlan {
     pub host: HostName,
     pub status: PlanStatus,
     /// Why a host is not planned.
-    pub reason: Option<String>,
+    #[serde(serialize_with = "serialize_problem")]
+    pub reason: Option<PlanProblem>,
     /// The host already runs the new system.
     pub unchanged: bool,
     pub current_system: Option<String>,
@@ -411,6 +416,17 @@ pub struct HostPlan {
     pub closure: Option<ClosureDiff>,
     pub units: Option<UnitPlan>,
     pub duration_ms: u64,
+}
+
+/// A plan's problem as its sentence (the JSON's `reason`).
+fn serialize_problem<S: serde::Serializer>(
+    problem: &Option<PlanProblem>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match problem {
+        Some(p) => s.collect_str(p),
+        None => s.serialize_none(),
+    }
 }
 
 /// Everything needed to plan one host. The new system's closure and unit
@@ -429,9 +445,47 @@ pub struct PlanJob {
     pub copy_timeout: Duration,
 }
 
-fn tail(s: &str, max_lines: usize) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(max_lines)..].join(" | ")
+/// Why a host could not be planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PlanProblem {
+    /// Not the machine the inventory and the build mean.
+    Identity {
+        #[serde(flatten)]
+        problem: IdentityProblem,
+    },
+    /// A step got no usable answer.
+    Step { step: PlanStep, error: String },
+}
+
+/// The steps of planning a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanStep {
+    Preflight,
+    ReadCurrentSystem,
+    Copy,
+    DryActivate,
+}
+
+impl fmt::Display for PlanStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlanStep::Preflight => "preflight",
+            PlanStep::ReadCurrentSystem => "reading the current system",
+            PlanStep::Copy => "copying the closure",
+            PlanStep::DryActivate => "dry-activate",
+        })
+    }
+}
+
+impl fmt::Display for PlanProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanProblem::Identity { problem } => problem.fmt(f),
+            PlanProblem::Step { step, error } => write!(f, "{step}: {error}"),
+        }
+    }
 }
 
 /// Plans one host: identity check (pinned key, machine-id, architecture),
@@ -451,61 +505,52 @@ pub async fn plan_host<T: Target>(target: &T, job: &PlanJob) -> HostPlan {
         units: None,
         duration_ms: 0,
     };
-    if let Err((status, reason)) = plan_steps(target, job, &mut plan).await {
-        plan.status = status;
-        plan.reason = Some(reason);
+    if let Err(problem) = plan_steps(target, job, &mut plan).await {
+        plan.status = match problem {
+            PlanProblem::Identity { .. } => PlanStatus::Refused,
+            PlanProblem::Step { .. } => PlanStatus::Failed,
+        };
+        plan.reason = Some(problem);
     }
     plan
 }
-
-type StepError = (PlanStatus, String);
 
 async fn plan_steps<T: Target>(
     target: &T,
     job: &PlanJob,
     plan: &mut HostPlan,
-) -> Result<(), StepError> {
-    let failed = |step: &str, e: String| (PlanStatus::Failed, format!("{step}: {e}"));
-    let run = |script: String| async move {
-        target
-            .run(&script, Conn::Shared, job.command_timeout, None)
-            .await
+) -> Result<(), PlanProblem> {
+    let failed = |step: PlanStep| {
+        move |e: CallError| PlanProblem::Step {
+            step,
+            error: e.to_string(),
+        }
     };
-
-    let out = match run(remote::preflight_script()).await {
-        Ok(out) => out,
-        Err(RemoteError::HostKey(m)) => {
-            return Err((
-                PlanStatus::Refused,
-                format!("identity: the host did not present the pinned host key ({m})"),
-            ))
+    let facts = match call(
+        target,
+        &Preflight::default(),
+        Conn::Shared,
+        job.command_timeout,
+    )
+    .await
+    {
+        Ok(facts) => facts,
+        Err(CallError::Remote(RemoteError::HostKey(detail))) => {
+            return Err(PlanProblem::Identity {
+                problem: IdentityProblem::HostKey { detail },
+            })
         }
-        Err(e) => return Err(failed("preflight", e.to_string())),
+        Err(e) => return Err(failed(PlanStep::Preflight)(e)),
     };
-    let facts = remote::parse_preflight(&out.stdout)
-        .map_err(|e| failed("preflight", format!("{e}: {}", tail(&out.stderr, 3))))?;
-    if let Some(pinned) = &job.machine_id {
-        if &facts.machine_id != pinned {
-            return Err((
-                PlanStatus::Refused,
-                format!(
-                    "identity: machine-id is {:?}, the inventory pins {pinned:?}",
-                    facts.machine_id
-                ),
-            ));
-        }
-    }
-    if let Some(platform) = &job.platform {
-        if &facts.nix_system() != platform {
-            return Err((
-                PlanStatus::Refused,
-                format!(
-                    "architecture: the host is {}, the system was built for {platform}",
-                    facts.nix_system()
-                ),
-            ));
-        }
-    }
+    let expected = Expected {
+        machine_id: job.machine_id.as_deref(),
+        platform: job.platform.as_deref(),
+    };
+    let seen = Seen {
+        machine_id: &facts.machine_id,
+        arch: &facts.arch,
+    };
+    identity::check(&expected, &seen).map_err(|problem| PlanProblem::Identity { problem })?;
     plan.current_system = facts.current_system.clone();
     if facts.current_system.as_deref() == Some(job.new_system.as_str()) {
         plan.unchanged = true;
@@ -521,36 +566,34 @@ async fn plan_steps<T: Target>(
         return Ok(());
     }
 
-    let out = run(remote::plan::current_system_script())
+    let current: HostSystem = call(target, &CurrentSystem, Conn::Shared, job.command_timeout)
         .await
-        .map_err(|e| failed("reading the current system", e.to_string()))?;
-    let current: HostSystem = remote::plan::parse_current_system(&out.stdout).map_err(|e| {
-        failed(
-            "reading the current system",
-            format!("{e}: {}", tail(&out.stderr, 3)),
-        )
-    })?;
+        .map_err(failed(PlanStep::ReadCurrentSystem))?;
     plan.closure = Some(diff_closures(&current.closure, &job.new_closure));
 
     let changes = if job.copy {
         target
             .copy(&job.new_system, job.copy_timeout)
             .await
-            .map_err(|e| failed("copying the closure", e.to_string()))?;
+            .map_err(|e| failed(PlanStep::Copy)(e.into()))?;
         plan.copied = true;
-        let out = run(remote::dry_activate_script(&job.new_system))
+        let op = DryActivate {
+            new_system: job.new_system.clone(),
+        };
+        let (result, out) = call_streaming(target, &op, Conn::Shared, job.command_timeout, None)
             .await
-            .map_err(|e| failed("dry-activate", e.to_string()))?;
-        if out.exit_code != Some(0) {
-            return Err(failed(
-                "dry-activate",
-                format!(
+            .map_err(failed(PlanStep::DryActivate))?;
+        if result.exit_code != Some(0) {
+            return Err(PlanProblem::Step {
+                step: PlanStep::DryActivate,
+                error: format!(
                     "switch-to-configuration dry-activate exited {}: {}",
-                    out.exit_code
+                    result
+                        .exit_code
                         .map_or_else(|| "by a signal".to_string(), |c| c.to_string()),
                     tail(&out.stderr, 4)
                 ),
-            ));
+            });
         }
         UnitPlan {
             source: UnitsSource::DryActivate,
@@ -566,13 +609,9 @@ async fn plan_steps<T: Target>(
     Ok(())
 }
 
-/// The process exit code for a plan: 0 when every host was planned.
-pub fn exit_code(plans: &[HostPlan]) -> u8 {
-    if plans.iter().all(|p| p.status == PlanStatus::Planned) {
-        0
-    } else {
-        1
-    }
+/// Whether every host of a plan was planned (else the command fails).
+pub fn all_planned(plans: &[HostPlan]) -> bool {
+    plans.iter().all(|p| p.status == PlanStatus::Planned)
 }
 
 #[cfg(test)]

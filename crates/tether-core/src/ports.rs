@@ -4,7 +4,10 @@
 //! the Nix CLI and tokio; tests implement them with fakes.
 
 use crate::model::{Address, StorePath};
+pub use crate::remote::ScriptOutput;
+use crate::remote::{Operation, ParseError, Script};
 use crate::report::Event;
+use crate::text::tail;
 use std::future::Future;
 use std::time::Duration;
 
@@ -18,21 +21,19 @@ pub enum Conn {
     Fresh,
 }
 
-/// What a remote script printed and how it exited.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ScriptOutput {
-    pub stdout: String,
-    pub stderr: String,
-    pub exit_code: Option<i32>,
-}
-
 /// Why a remote operation did not run to completion.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {
     /// The host answered with a key other than the pinned one.
     #[error("host key verification failed: {0}")]
     HostKey(String),
-    /// No SSH session could be made or it broke.
+    /// The host refused the connection (nothing listens on its SSH port).
+    #[error("unreachable: {0}")]
+    Refused(String),
+    /// Connecting timed out (no answer at the address).
+    #[error("unreachable: {0}")]
+    ConnectTimedOut(String),
+    /// No SSH session could be made, or it broke.
     #[error("unreachable: {0}")]
     Unreachable(String),
     #[error("no answer within {0:?}")]
@@ -44,12 +45,12 @@ pub enum RemoteError {
 
 /// One target host.
 pub trait Target {
-    /// Runs a POSIX sh script on the host over `conn`, killing it locally
-    /// after `timeout`. Output lines are passed to `on_line` as they arrive
-    /// when it is given.
+    /// Runs one operation's POSIX sh script on the host over `conn`,
+    /// killing it locally after `timeout`. Output lines are passed to
+    /// `on_line` as they arrive when it is given.
     fn run(
         &self,
-        script: &str,
+        script: &Script,
         conn: Conn,
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
@@ -68,7 +69,7 @@ pub trait Target {
 impl<T: Target + ?Sized> Target for &T {
     fn run(
         &self,
-        script: &str,
+        script: &Script,
         conn: Conn,
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
@@ -82,6 +83,51 @@ impl<T: Target + ?Sized> Target for &T {
         timeout: Duration,
     ) -> impl Future<Output = Result<(), RemoteError>> {
         (**self).copy(path, timeout)
+    }
+}
+
+/// Why an operation gave no answer tether can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The session could not be made, broke or timed out.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The script ran but printed something tether cannot read.
+    #[error("{error}{}", if .stderr_tail.is_empty() { String::new() } else { format!(": {}", .stderr_tail) })]
+    Parse {
+        error: ParseError,
+        stderr_tail: String,
+    },
+}
+
+/// Runs `op` on `target` over `conn` and parses its answer.
+pub async fn call<T: Target + ?Sized, O: Operation>(
+    target: &T,
+    op: &O,
+    conn: Conn,
+    timeout: Duration,
+) -> Result<O::Output, CallError> {
+    call_streaming(target, op, conn, timeout, None)
+        .await
+        .map(|(output, _)| output)
+}
+
+/// [`call`], passing the output's lines to `on_line` as they arrive, and
+/// returning the raw output too.
+pub async fn call_streaming<T: Target + ?Sized, O: Operation>(
+    target: &T,
+    op: &O,
+    conn: Conn,
+    timeout: Duration,
+    on_line: Option<&dyn Fn(&str)>,
+) -> Result<(O::Output, ScriptOutput), CallError> {
+    let out = target.run(&op.request(), conn, timeout, on_line).await?;
+    match op.parse(&out) {
+        Ok(parsed) => Ok((parsed, out)),
+        Err(error) => Err(CallError::Parse {
+            error,
+            stderr_tail: tail(&out.stderr, 3),
+        }),
     }
 }
 

@@ -4,6 +4,7 @@
 //! ([`crate::spec::RolloutSettings`]); [`plan_stages`] turns them into an
 //! ordered list of stages.
 
+use crate::inventory::{Host, Inventory};
 use crate::model::{HostName, Selector};
 use crate::spec::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
 
@@ -63,6 +64,31 @@ pub fn resolve_canaries(
             hosts.iter().filter(|h| matches(sel, h)).cloned().collect()
         }
     }
+}
+
+/// A canary selector that matches none of the hosts a run selected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the canary selector matches none of the selected hosts")]
+pub struct NoCanary;
+
+/// The rollout plan of a run over `hosts` (in order): `flags` over the
+/// inventory's `rollout` settings over tether's defaults.
+pub fn plan_for(
+    flags: RolloutSettings,
+    inventory: &Inventory,
+    hosts: &[Host],
+) -> Result<RolloutPlan, NoCanary> {
+    let settings = flags.over(inventory.rollout());
+    let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
+    let canaries = resolve_canaries(&names, settings.canary.as_ref(), |sel, name| {
+        inventory
+            .get(name.as_str())
+            .is_some_and(|h| sel.matches_host(h))
+    });
+    if matches!(settings.canary, Some(CanarySpec::Selector(_))) && canaries.is_empty() {
+        return Err(NoCanary);
+    }
+    Ok(plan_stages(&names, &canaries, &settings))
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use tether_core::inventory::{Host, Inventory};
 use tether_core::model::Selector;
 
+use crate::adapters::nix::{Nix, NixSource};
 use crate::commands;
 use crate::exit::CommandError;
-use crate::nix::{Nix, NixSource};
 
 /// Deploy NixOS configurations to fleets, with automatic rollback.
 #[derive(Debug, Parser)]
@@ -118,7 +118,13 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
     let ctx = Context::from_args(cli.global)?;
     match cli.command {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
-        Command::Deploy(args) => commands::deploy::run(&ctx, args).await,
+        // `deploy --dry-run` is `plan`.
+        Command::Deploy(args) => match commands::deploy::dry_run_of(&args) {
+            Some((copy, json)) => {
+                commands::plan::run(&ctx, commands::plan::Args::for_dry_run(copy, json)).await
+            }
+            None => commands::deploy::run(&ctx, args).await,
+        },
         Command::Check(args) => commands::check::run(&ctx, args).await,
         Command::Status(args) => commands::status::run(&ctx, args).await,
         Command::Rollback(args) => commands::rollback::run(&ctx, args).await,

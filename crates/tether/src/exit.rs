@@ -1,21 +1,51 @@
-//! tether's exit codes, all in one place, and the error type commands
-//! return so that `main` can map it to one of them.
+//! tether's exit codes, all in one place ([`ExitStatus`]), and the error
+//! type commands return so that `main` can map it to one of them.
 //!
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success |
-//! | 1 | some host failed, refused or was rolled back |
+//! | 1 | some host failed, refused or was rolled back (or tether itself failed) |
 //! | 2 | usage or inventory error: nothing was touched |
 //! | 3 | some host ended in an unknown state |
+//! | 130 | interrupted twice: hosts in flight were left to their guards |
 
 use tether_core::model::SelectorError;
+use tether_core::report::RunResult;
 
-use crate::nix::{LoadError, ToplevelsError};
+use crate::adapters::nix::{LoadError, ToplevelsError};
 
-pub const SUCCESS: u8 = 0;
-pub const HOST_FAILED: u8 = 1;
-pub const USAGE: u8 = 2;
-pub const HOST_UNKNOWN: u8 = 3;
+/// How tether exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success,
+    HostFailed,
+    Usage,
+    HostUnknown,
+    /// The second Ctrl-C: tether left at once.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::HostFailed => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::HostUnknown => 3,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+}
+
+impl From<RunResult> for ExitStatus {
+    fn from(result: RunResult) -> ExitStatus {
+        match result {
+            RunResult::AllSucceeded => ExitStatus::Success,
+            RunResult::SomeFailed => ExitStatus::HostFailed,
+            RunResult::SomeUnknown => ExitStatus::HostUnknown,
+        }
+    }
+}
 
 /// Everything a command can end with other than success.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +61,11 @@ pub enum CommandError {
     Toplevels(#[from] ToplevelsError),
     /// Building the systems failed; no host was touched.
     #[error("building the systems failed: {0}")]
-    Build(crate::nix::NixError),
+    Build(crate::adapters::nix::NixError),
+    /// Something on this machine failed before any host was touched (no
+    /// randomness for a token, no temporary directory).
+    #[error("{0}")]
+    Local(String),
     /// Some hosts failed, refused, or were rolled back; already reported.
     #[error("{0} host(s) failed or were rolled back")]
     HostsFailed(usize),
@@ -51,18 +85,19 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit_status(&self) -> ExitStatus {
         match self {
             CommandError::Usage(_)
             | CommandError::Inventory(_)
             | CommandError::Selector(_)
-            | CommandError::Toplevels(_) => USAGE,
+            | CommandError::Toplevels(_) => ExitStatus::Usage,
             CommandError::HostsFailed(_)
             | CommandError::HostsNotOk { .. }
             | CommandError::ChecksFailed(_)
             | CommandError::Output(_)
-            | CommandError::Build(_) => HOST_FAILED,
-            CommandError::HostsUnknown(_) => HOST_UNKNOWN,
+            | CommandError::Local(_)
+            | CommandError::Build(_) => ExitStatus::HostFailed,
+            CommandError::HostsUnknown(_) => ExitStatus::HostUnknown,
         }
     }
 

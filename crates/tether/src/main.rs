@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use tether::cli::{self, Cli};
-use tether::exit;
+use tether::exit::{self, ExitStatus};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -14,20 +14,21 @@ fn main() -> ExitCode {
         // stderr (exit 2, our usage code).
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
+            let status = if e.use_stderr() {
+                ExitStatus::Usage
             } else {
-                exit::SUCCESS
-            });
+                ExitStatus::Success
+            };
+            return ExitCode::from(status.code());
         }
     };
     init_tracing();
     match run(cli) {
-        Ok(()) => ExitCode::from(exit::SUCCESS),
-        Err(e) if e.is_broken_pipe() => ExitCode::from(exit::SUCCESS),
+        Ok(()) => ExitCode::from(ExitStatus::Success.code()),
+        Err(e) if e.is_broken_pipe() => ExitCode::from(ExitStatus::Success.code()),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::from(e.exit_code())
+            ExitCode::from(e.exit_status().code())
         }
     }
 }

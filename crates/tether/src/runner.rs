@@ -2,6 +2,12 @@
 //! `rollback`: the journal, the reporters (live view, plain lines or NDJSON),
 //! Ctrl-C handling, the fleet runner, the summary and the exit code.
 //!
+//! Output never holds up a deploy: the fleet runs on this task and hands
+//! its events to one output thread, which alone writes the terminal, the
+//! NDJSON stream and the SQLite journal. A `--json` reader that stops
+//! reading, a terminal paused with Ctrl-S or a journal another process
+//! holds locked block that thread only, never a lease renewal.
+//!
 //! Ctrl-C once: no new host starts; hosts in flight finish (confirmed or
 //! rolled back) and the summary lists the rest as skipped. Ctrl-C twice:
 //! tether exits at once and leaves the hosts in flight to their guards,
@@ -11,23 +17,24 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use tether_core::deploy::{run_fleet, HostJob, Rollout};
 use tether_core::model::{DeployId, Goal, Token};
 use tether_core::ports::Reporter;
-use tether_core::report::{Event, EventKind, HostReport};
+use tether_core::report::{Event, EventKind, HostReport, RunResult};
 use tether_core::spec::RolloutPlan;
 
+use crate::adapters::clock::TokioClock;
+use crate::adapters::journal::{git_revision, Journal, NewRun};
+use crate::adapters::nix::NixSource;
+use crate::adapters::probe::LocalProbe;
+use crate::adapters::ssh::SshTarget;
 use crate::cli::Context;
-use crate::clock::TokioClock;
-use crate::exit::CommandError;
-use crate::journal::{git_revision, Journal, JournalReporter, NewRun};
-use crate::live::LiveReporter;
-use crate::nix::NixSource;
-use crate::probe::LocalProbe;
-use crate::report::{summary_table, HumanReporter, JsonReporter, Summary};
-use crate::ssh::SshTarget;
+use crate::exit::{CommandError, ExitStatus};
+use crate::ui::live::LiveReporter;
+use crate::ui::records::{Record, RunSummary};
+use crate::ui::report::{summary_table, HumanReporter, JsonReporter};
 
 /// What a run is, for the journal and the reporters.
 pub struct RunOptions {
@@ -44,15 +51,17 @@ pub struct Prepared {
     pub decided: Vec<HostReport>,
 }
 
-/// A fresh random token (or `None` if the system has no randomness).
-pub fn new_token() -> Option<Token> {
-    random_hex(16).ok().and_then(|h| Token::new(&h))
+/// A fresh random token.
+pub fn new_token() -> Result<Token, CommandError> {
+    Token::new(&random_hex(16)?)
+        .ok_or_else(|| CommandError::Local("could not form a deploy token".into()))
 }
 
-pub fn random_hex(bytes: usize) -> Result<String, CommandError> {
+fn random_hex(bytes: usize) -> Result<String, CommandError> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf)
-        .map_err(|e| CommandError::Usage(format!("no randomness for the deploy token: {e}")))?;
+    getrandom::fill(&mut buf).map_err(|e| {
+        CommandError::Local(format!("no randomness for the deploy's token and id: {e}"))
+    })?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -64,7 +73,7 @@ pub fn new_deploy_id() -> Result<DeployId, CommandError> {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     DeployId::new(stamp.trim_end_matches('Z'), &random_hex(3)?)
-        .ok_or_else(|| CommandError::Usage("could not form a deploy id".into()))
+        .ok_or_else(|| CommandError::Local("could not form a deploy id".into()))
 }
 
 /// The local directory behind a source, for its git revision.
@@ -83,12 +92,19 @@ fn source_dir(source: &NixSource) -> Option<PathBuf> {
     }
 }
 
-/// Tracks which hosts are in flight (for the second Ctrl-C's message).
-struct InFlight(Arc<Mutex<BTreeSet<String>>>);
+/// Which hosts are in flight (for the second Ctrl-C's message).
+type InFlight = Arc<Mutex<BTreeSet<String>>>;
 
-impl Reporter for InFlight {
+/// The reporter the fleet runs with: keeps the in-flight set (memory only)
+/// and queues every event for the output thread. Never blocks.
+struct Queue {
+    in_flight: InFlight,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Reporter for Queue {
     fn event(&self, event: Event) {
-        if let Ok(mut set) = self.0.lock() {
+        if let Ok(mut set) = self.in_flight.lock() {
             match event.kind {
                 EventKind::Outcome { .. } => {
                     set.remove(event.host.as_str());
@@ -98,20 +114,13 @@ impl Reporter for InFlight {
                 }
             }
         }
+        // The output thread lives until the queue is dropped; a send can
+        // only fail if it died, and then there is nobody to tell.
+        let _ = self.tx.send(event);
     }
 }
 
-/// Passes every event to each reporter in turn.
-struct Tee<'a>(Vec<&'a dyn Reporter>);
-
-impl Reporter for Tee<'_> {
-    fn event(&self, event: Event) {
-        for r in &self.0 {
-            r.event(event.clone());
-        }
-    }
-}
-
+/// How progress is shown.
 enum View {
     Json(JsonReporter),
     Live(LiveReporter),
@@ -125,6 +134,25 @@ impl View {
             View::Live(r) => r,
             View::Plain(r) => r,
         }
+    }
+}
+
+/// Where the output thread sends each event: the journal first, then the
+/// view.
+struct Output {
+    view: View,
+    journal: Option<Journal>,
+    run_id: String,
+}
+
+impl Output {
+    fn event(&self, event: Event) {
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.record_event(&self.run_id, &event) {
+                tracing::warn!("could not record an event in the journal: {e}");
+            }
+        }
+        self.view.reporter().event(event);
     }
 }
 
@@ -174,19 +202,26 @@ pub async fn execute(
     } else {
         View::Plain(HumanReporter::new())
     };
-    let in_flight = Arc::new(Mutex::new(BTreeSet::new()));
-    let tracker = InFlight(in_flight.clone());
-    let journaled = journal.as_ref().map(|j| JournalReporter {
-        journal: j,
+    let output = Output {
+        view,
+        journal,
         run_id: deploy_id.to_string(),
-        inner: view.reporter(),
-    });
-    let mut chain: Vec<&dyn Reporter> = vec![&tracker];
-    match &journaled {
-        Some(j) => chain.push(j),
-        None => chain.push(view.reporter()),
-    }
-    let reporter = Tee(chain);
+    };
+    let (tx, rx) = mpsc::channel::<Event>();
+    let writer = std::thread::Builder::new()
+        .name("tether-output".into())
+        .spawn(move || {
+            for event in rx {
+                output.event(event);
+            }
+            output
+        })
+        .map_err(|e| CommandError::Local(format!("could not start the output thread: {e}")))?;
+    let in_flight: InFlight = Arc::new(Mutex::new(BTreeSet::new()));
+    let reporter = Queue {
+        in_flight: in_flight.clone(),
+        tx,
+    };
     for r in &decided {
         reporter.event(Event {
             host: r.host.clone(),
@@ -220,13 +255,13 @@ pub async fn execute(
                 "\ninterrupted again: leaving {} to their guards; each rolls itself back when its lease lapses unless it was already confirmed. Check with `tether status`.",
                 if hosts.is_empty() { "no host".to_string() } else { hosts.join(", ") }
             );
-            std::process::exit(130);
+            std::process::exit(i32::from(ExitStatus::Interrupted.code()));
         })
     };
 
     let targets: Vec<SshTarget> = jobs.iter().map(|(_, t)| t.clone()).collect();
     let clock = TokioClock::new();
-    let token = new_token;
+    let token = || new_token().ok();
     let mut reports = run_fleet(
         jobs,
         Rollout {
@@ -242,32 +277,40 @@ pub async fn execute(
     signals.abort();
     // All at once: the run is over only when the last one is closed.
     futures::future::join_all(targets.iter().map(SshTarget::close)).await;
+    // Every event is written before the summary.
+    drop(reporter);
+    let output = writer
+        .join()
+        .map_err(|_| CommandError::Local("the output thread panicked".into()))?;
     reports.extend(decided);
     reports.sort_by(|a, b| a.host.cmp(&b.host));
-    let code = tether_core::report::exit_code(&reports);
-    if let Some(j) = &journal {
-        if let Err(e) = j.finish_run(deploy_id.as_str(), code, &reports) {
+    let result = RunResult::of(&reports);
+    let status = ExitStatus::from(result);
+    if let Some(j) = &output.journal {
+        if let Err(e) = j.finish_run(deploy_id.as_str(), i32::from(status.code()), &reports) {
             eprintln!("warning: could not record the end of this run in the journal: {e}");
         }
     }
-    match &view {
-        View::Json(r) => r.line(&Summary {
-            event: "summary",
-            deploy_id: deploy_id.as_str(),
-            exit_code: code,
-            hosts: &reports,
-        }),
+    match &output.view {
+        View::Json(r) => r.line(&Record::<()>::RunSummary(RunSummary::new(
+            deploy_id.as_str(),
+            status.code(),
+            &reports,
+        ))),
         View::Live(live) => {
             live.finish();
             print!("{}", summary_table(&reports));
         }
         View::Plain(_) => print!("{}", summary_table(&reports)),
     }
-    let unknown = reports.iter().filter(|r| r.outcome.is_unknown()).count();
-    let failed = reports.iter().filter(|r| !r.outcome.is_success()).count();
-    match code {
-        0 => Ok(()),
-        3 => Err(CommandError::HostsUnknown(unknown)),
-        _ => Err(CommandError::HostsFailed(failed)),
+    let count = |pred: &dyn Fn(&HostReport) -> bool| reports.iter().filter(|r| pred(r)).count();
+    match result {
+        RunResult::AllSucceeded => Ok(()),
+        RunResult::SomeUnknown => Err(CommandError::HostsUnknown(count(&|r| {
+            r.outcome.is_unknown()
+        }))),
+        RunResult::SomeFailed => Err(CommandError::HostsFailed(count(&|r| {
+            !r.outcome.is_success()
+        }))),
     }
 }

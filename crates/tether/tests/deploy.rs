@@ -411,7 +411,7 @@ fn four_hosts_at_once_where_one_breaks_its_network() {
 fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
     use tether_core::model::StorePath;
     use tether_core::model::{DeployId, Goal, Token};
-    use tether_core::remote::{arm_and_activate_script, GuardSpec};
+    use tether_core::remote::{ArmAndActivate, GuardSpec, Operation};
     let f = Fleet::up("d16", 1);
     let b = before(&f, "host1");
     f.set_hosts(r#"{ host1 = { label = "v2"; }; }"#);
@@ -425,7 +425,11 @@ fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
         lease: Duration::from_secs(15),
         deployer: "test@lab".into(),
     };
-    let out = f.console("host1", &arm_and_activate_script(&spec, Goal::Test));
+    let op = ArmAndActivate {
+        spec,
+        goal: Goal::Test,
+    };
+    let out = f.console("host1", &op.script());
     assert!(out.contains("arm=changed"), "{out}");
     assert!(out.contains(&format!("current={}", b.current)), "{out}");
     assert_eq!(

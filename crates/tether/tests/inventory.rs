@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tether::nix::{Nix, NixSource};
+use tether::adapters::nix::{Nix, NixSource};
 use tether_core::model::HostName;
 
 /// A real ed25519 public key (from `ssh-keygen`).

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
-use tether::journal::Journal;
+use tether::adapters::journal::Journal;
 
 /// `tether status --json`, parsed: host name → its object.
 fn status_json(f: &Fleet) -> (i32, BTreeMap<String, Value>, String) {

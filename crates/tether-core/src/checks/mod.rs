@@ -10,13 +10,14 @@
 
 use std::time::Duration;
 
-use crate::ports::{Clock, Conn, HttpRequest, HttpResponse, Probe, Target};
-use crate::remote;
+use crate::ports::{call, Clock, Conn, HttpRequest, HttpResponse, Probe, Target};
+use crate::remote::{CheckCommand, SystemState, SystemStateLook, Units};
 use crate::report::{CheckAttempt, CheckFailure};
 use crate::spec::{
     Check, CheckKind, CheckTarget, CheckType, CommandOn, FailedUnits, HostChecks, HttpCheck,
     DEFAULT_ATTEMPT_TIMEOUT, FAILED_UNITS, SYSTEM_RUNNING,
 };
+use crate::text::excerpt;
 
 /// What `failedUnits = new` compares against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +108,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     probe: &P,
     clock: &C,
     on_attempt: &dyn Fn(CheckAttempt),
-    seen_system: Option<&str>,
+    seen_system: Option<&SystemStateLook>,
 ) -> Vec<CheckFailure> {
     let deadline = clock.now() + checks.timeout;
     let jobs: Vec<Job<'_>> = checks.checks.iter().map(Job::Declared).collect();
@@ -134,18 +135,12 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             };
             // The first look may already have been taken (`seen_system`:
             // what the activation's session printed right after it).
-            let seen = seen_system
-                .filter(|_| attempt == 1)
-                .and_then(|out| remote::parse_system_state(out).ok());
+            let seen = seen_system.filter(|_| attempt == 1).cloned();
             let state = match seen {
                 Some(state) => Ok(state),
-                None => match target
-                    .run(&remote::system_state_script(), Conn::Shared, timeout, None)
+                None => call(target, &SystemState, Conn::Shared, timeout)
                     .await
-                {
-                    Ok(out) => remote::parse_system_state(&out.stdout).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
+                    .map_err(|e| e.to_string()),
             };
             let now = clock.now();
             let mut still = Vec::new();
@@ -252,24 +247,30 @@ async fn attempt_once<T: Target, P: Probe>(
                 judge_exit(out.exit_code, &out.stderr, "on the deployer")
             }
             CommandOn::Target => {
-                let out = target
-                    .run(
-                        &remote::check_command_script(&cmd.command),
-                        Conn::Shared,
-                        timeout,
-                        None,
-                    )
-                    .await
-                    .map_err(|e| format!("on the target: {e}"))?;
+                let out = call(
+                    target,
+                    &CheckCommand {
+                        command: cmd.command.clone(),
+                    },
+                    Conn::Shared,
+                    timeout,
+                )
+                .await
+                .map_err(|e| format!("on the target: {e}"))?;
                 judge_exit(out.exit_code, &out.stderr, "on the target")
             }
         },
         CheckKind::Units(units) => {
-            let out = target
-                .run(&remote::units_script(units), Conn::Shared, timeout, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let states = remote::parse_units(&out.stdout);
+            let states = call(
+                target,
+                &Units {
+                    units: units.clone(),
+                },
+                Conn::Shared,
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let bad: Vec<String> = units
                 .iter()
                 .map(|u| {
@@ -289,21 +290,6 @@ async fn attempt_once<T: Target, P: Probe>(
                 Err(format!("not active: {}", bad.join(", ")))
             }
         }
-    }
-}
-
-/// At most `max` characters of `s`, on one line, for a reason or event.
-pub fn excerpt(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let trimmed = one_line.trim();
-    if trimmed.chars().count() <= max {
-        trimmed.to_string()
-    } else {
-        let cut: String = trimmed.chars().take(max).collect();
-        format!("{cut}…")
     }
 }
 
@@ -377,7 +363,7 @@ fn judge_exit(code: Option<i32>, stderr: &str, where_: &str) -> Result<String, S
 fn judge_failed_units(
     mode: FailedUnits,
     baseline: &Baseline,
-    state: &remote::SystemState,
+    state: &SystemStateLook,
 ) -> Result<String, String> {
     let failed = &state.failed_units;
     if let Some(count) = state.failed_count.filter(|&n| n > 0 && failed.is_empty()) {

@@ -5,6 +5,7 @@
 use super::*;
 use crate::model::{Address, StorePath};
 use crate::ports::{CommandOutput, RemoteError, ScriptOutput};
+use crate::remote::{Op, Script};
 use crate::spec::{CommandCheck, TcpCheck};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -28,7 +29,8 @@ struct FakeTarget {
     units: String,
     system: String,
     command: (i32, String),
-    scripts: RefCell<Vec<String>>,
+    /// The operations asked for, in order.
+    scripts: RefCell<Vec<Op>>,
 }
 
 impl Default for FakeTarget {
@@ -45,30 +47,29 @@ impl Default for FakeTarget {
 impl Target for FakeTarget {
     fn run(
         &self,
-        script: &str,
+        script: &Script,
         _conn: Conn,
         _timeout: Duration,
         _on_line: Option<&dyn Fn(&str)>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
-        self.scripts.borrow_mut().push(script.to_string());
-        let out = if script.contains("unit_state") {
-            ScriptOutput {
+        self.scripts.borrow_mut().push(script.op);
+        let out = match script.op {
+            Op::Units => ScriptOutput {
                 stdout: self.units.clone(),
                 exit_code: Some(0),
                 ..Default::default()
-            }
-        } else if script.contains("system=done") {
-            ScriptOutput {
+            },
+            Op::SystemState => ScriptOutput {
                 stdout: self.system.clone(),
                 exit_code: Some(0),
                 ..Default::default()
-            }
-        } else {
-            ScriptOutput {
+            },
+            Op::CheckCommand => ScriptOutput {
                 stderr: self.command.1.clone(),
                 exit_code: Some(self.command.0),
                 ..Default::default()
-            }
+            },
+            other => panic!("the checks have no business running {other}"),
         };
         async move { Ok(out) }
     }
@@ -261,7 +262,7 @@ fn target_commands_report_exit_code_and_stderr() {
     );
     assert!(failures[0].detail.contains("exited 3 on the target"));
     assert!(failures[0].detail.contains("database is read-only"));
-    assert!(target.scripts.borrow()[0].contains("'pg_isready'"));
+    assert_eq!(target.scripts.borrow()[0], Op::CheckCommand);
 }
 
 #[test]
@@ -291,8 +292,8 @@ fn system_running_waits_out_starting_and_accepts_degraded_only_when_allowed() {
     assert!(judge_system_running(FailedUnits::New, "maintenance").is_err());
 }
 
-fn failed(units: &[&str]) -> remote::SystemState {
-    remote::SystemState {
+fn failed(units: &[&str]) -> SystemStateLook {
+    SystemStateLook {
         state: if units.is_empty() {
             "running"
         } else {
@@ -325,7 +326,7 @@ fn failed_units_new_compares_with_the_baseline_and_without_one_means_any() {
 fn a_failed_unit_counted_but_gone_from_the_list_is_no_pass() {
     // systemd counted one failed unit, which was restarting by the time
     // the names were listed: no verdict from that look.
-    let flapping = remote::SystemState {
+    let flapping = SystemStateLook {
         state: "degraded".into(),
         failed_units: Vec::new(),
         failed_count: Some(1),

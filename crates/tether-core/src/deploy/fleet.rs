@@ -10,13 +10,14 @@
 //! confirmed are then switched back to their old system, newest first, with
 //! the same safe switch.
 
-use super::host::{run_host, HostJob, SystemSource};
-use crate::model::StorePath;
-use crate::model::Token;
-use crate::ports::Probe;
-use crate::ports::{Clock, Reporter, Target};
+use super::host::{millis, run_host};
+use super::job::{HostJob, SystemSource};
+use crate::model::{StorePath, Token};
+use crate::ports::{Clock, Probe, Reporter, Target};
 use crate::remote::PersistMode;
-use crate::report::{Event, EventKind, HostReport, Outcome};
+use crate::report::{
+    Event, EventKind, HostReport, Outcome, RollbackReason, SkipReason, Unhealthy, UnknownReason,
+};
 use crate::spec::RolloutPlan;
 use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
@@ -29,10 +30,6 @@ pub struct Rollout<'a> {
     pub interrupted: &'a AtomicBool,
     /// A fresh token for each revert trial.
     pub new_token: &'a dyn Fn() -> Option<Token>,
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs the rollout and returns one report per job, in the jobs' order.
@@ -48,13 +45,13 @@ pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     let plan = rollout.plan;
     let mut pending: Vec<Option<(HostJob, T)>> = jobs.into_iter().map(Some).collect();
     let failures = Cell::new(0usize);
-    let stop: RefCell<Option<String>> = RefCell::new(None);
+    let stop: RefCell<Option<SkipReason>> = RefCell::new(None);
     let confirmed_in_order: RefCell<Vec<usize>> = RefCell::new(Vec::new());
     let mut done: Vec<(HostReport, HostJob, Option<T>)> = Vec::new();
 
-    let stop_reason = || -> Option<String> {
+    let stop_reason = || -> Option<SkipReason> {
         if rollout.interrupted.load(Ordering::SeqCst) {
-            return Some("not started: the rollout was interrupted".into());
+            return Some(SkipReason::Interrupted);
         }
         stop.borrow().clone()
     };
@@ -93,17 +90,16 @@ pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
                         let mut stop = stop.borrow_mut();
                         if stop.is_none() {
                             if stage.canary {
-                                *stop = Some(format!(
-                                    "not started: canary {} did not succeed ({})",
-                                    job.host,
-                                    report.outcome.name()
-                                ));
+                                *stop = Some(SkipReason::CanaryFailed {
+                                    canary: job.host.to_string(),
+                                    outcome: report.outcome.name().to_string(),
+                                });
                             } else if let Some(max) = plan.max_failures {
                                 if failures.get() > max {
-                                    *stop = Some(format!(
-                                        "not started: {} host(s) failed, more than maxFailures = {max}",
-                                        failures.get()
-                                    ));
+                                    *stop = Some(SkipReason::TooManyFailures {
+                                        failed: failures.get(),
+                                        max_failures: max,
+                                    });
                                 }
                             }
                         }
@@ -118,18 +114,12 @@ pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     }
     // Hosts in no stage (should not happen) are skipped rather than lost.
     for (job, target) in pending.into_iter().flatten() {
-        let report = skipped(
-            &job,
-            "not started: in no rollout stage".into(),
-            clock,
-            reporter,
-            run_started,
-        );
+        let report = skipped(&job, SkipReason::NoStage, clock, reporter, run_started);
         done.push((report, job, Some(target)));
     }
 
     if plan.revert_on_failure && failures.get() > 0 {
-        let cause = format!("{} host(s) failed in this rollout", failures.get());
+        let failed_hosts = failures.get();
         let newest_first: Vec<usize> = confirmed_in_order.borrow().iter().rev().copied().collect();
         for i in newest_first {
             let Some(entry) = done
@@ -146,7 +136,7 @@ pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
                 report,
                 job,
                 target,
-                &cause,
+                failed_hosts,
                 &rollout,
                 probe,
                 clock,
@@ -164,7 +154,7 @@ pub async fn run_fleet<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
 
 fn skipped<C: Clock, R: Reporter + ?Sized>(
     job: &HostJob,
-    reason: String,
+    reason: SkipReason,
     clock: &C,
     reporter: &R,
     run_started: std::time::Duration,
@@ -194,7 +184,7 @@ async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     report: &HostReport,
     job: &HostJob,
     target: &T,
-    cause: &str,
+    failed_hosts: usize,
     rollout: &Rollout<'_>,
     probe: &P,
     clock: &C,
@@ -207,9 +197,10 @@ async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         job.deploy_id.derived("revert"),
     ) else {
         return Outcome::Unhealthy {
-            reason: format!(
-                "confirmed, but could not be reverted after {cause} (no previous system known)"
-            ),
+            reason: Unhealthy::NotReverted {
+                failed_hosts,
+                detail: "no previous system known".into(),
+            },
         };
     };
     let revert_job = HostJob {
@@ -229,17 +220,23 @@ async fn revert<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     let r = run_host(&revert_job, target, probe, clock, reporter, run_started).await;
     match r.outcome {
         Outcome::Confirmed { .. } | Outcome::Unchanged => Outcome::RolledBack {
-            reason: format!("reverted to its previous system because {cause} (revertOnFailure)"),
+            reason: RollbackReason::Reverted { failed_hosts },
         },
         Outcome::Unknown { reason } => Outcome::Unknown {
-            reason: format!("reverting after {cause}: {reason}"),
+            reason: UnknownReason::Reverting {
+                failed_hosts,
+                reason: Box::new(reason),
+            },
         },
         other => Outcome::Unhealthy {
-            reason: format!(
-                "still on the new system: reverting after {cause} ended {}: {}",
-                other.name(),
-                other.reason().unwrap_or("")
-            ),
+            reason: Unhealthy::NotReverted {
+                failed_hosts,
+                detail: format!(
+                    "reverting it ended {}: {}; it is still on the new system",
+                    other.name(),
+                    other.reason().unwrap_or_default()
+                ),
+            },
         },
     }
 }

@@ -1,12 +1,17 @@
-//! Deploying: one host's safe switch ([`host`]) and a fleet of them
-//! ([`fleet`]), written against narrow interfaces ([`ports`]) for the remote
-//! host, the clock and the reporter, so this module never touches a process.
+//! Deploying: one host's safe switch ([`host`], its trial in [`trial`],
+//! its decisions in [`decide`]) and a fleet of them ([`fleet`]), written
+//! against the narrow interfaces of [`crate::ports`], so this module never
+//! touches a process.
 
+pub mod decide;
 pub mod fleet;
 pub mod host;
+pub mod job;
+mod trial;
 
 #[cfg(test)]
 mod tests;
 
 pub use fleet::{run_fleet, Rollout};
-pub use host::{run_host, HostJob};
+pub use host::run_host;
+pub use job::{HostJob, SystemSource};

@@ -25,7 +25,7 @@ pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use selector::select;
 pub use settings::Settings;
 
-use crate::spec::TimeoutSettings;
+use crate::spec::{CheckTarget, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
 use crate::model::{
@@ -81,6 +81,15 @@ pub struct Host {
 impl Host {
     pub fn has_tag(&self, tag: &Tag) -> bool {
         self.tags.contains(tag)
+    }
+
+    /// Who this host's health checks are about.
+    pub fn check_target(&self) -> CheckTarget {
+        CheckTarget {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            ssh_user: self.ssh_user.clone(),
+        }
     }
 }
 

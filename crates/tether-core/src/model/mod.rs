@@ -20,4 +20,4 @@ pub use host_key::{HostKey, HostKeyError, KeyType};
 pub use ids::{DeployId, Token};
 pub use names::{Address, HostName, MachineId, SshUser, Tag, DEFAULT_SSH_PORT};
 pub use selector::{Selector, SelectorError, Term, Unmatched};
-pub use store_path::StorePath;
+pub use store_path::{Closure, StorePath};

@@ -1,5 +1,6 @@
 //! Nix store paths as Nix prints them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -29,3 +30,6 @@ impl fmt::Display for StorePath {
         f.write_str(&self.0)
     }
 }
+
+/// A closure: every store path in it, with its NAR size in bytes.
+pub type Closure = BTreeMap<String, u64>;

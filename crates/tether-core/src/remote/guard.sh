@@ -12,6 +12,8 @@
 # Needs only POSIX sh, coreutils, flock and systemctl; nothing of tether is
 # installed on the target. Argument: the deploy's state directory, which holds
 # `params` (shell assignments written by tether with every value quoted).
+# The state names ($S_*) and journal event names ($E_*) are defined above
+# this text by tether, from the one place it defines them.
 set -u
 dir=$1
 . "$dir/params"
@@ -48,10 +50,13 @@ release_lock() {
     fi
 }
 
+# rollback CAUSE REASON: CAUSE is one of tether's GuardCause words (for the
+# deployer), REASON the sentence for people (the host's journal).
 rollback() {
-    move armed rolling-back || return 0
-    printf '%s\n' "$1" >"$dir/reason"
-    journal rolling-back "$1"
+    move "$S_ARMED" "$S_ROLLING_BACK" || return 0
+    printf '%s\n' "$1" >"$dir/cause"
+    printf '%s\n' "$2" >"$dir/reason"
+    journal "$E_ROLLING_BACK" "$2"
     # A hung activation must not keep running (nor hold the NixOS
     # switch-to-configuration lock) while the old system is re-activated.
     systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
@@ -59,39 +64,39 @@ rollback() {
     rc=$?
     printf '%s\n' "$rc" >"$dir/rollback.rc"
     if [ "$(readlink -f /run/current-system)" = "$OLD" ]; then
-        move rolling-back rolled-back
-        journal rolled-back "$1; switch-to-configuration test of the previous system exited $rc"
+        move "$S_ROLLING_BACK" "$S_ROLLED_BACK"
+        journal "$E_ROLLED_BACK" "$2; switch-to-configuration test of the previous system exited $rc"
     else
-        move rolling-back rollback-failed
-        journal rollback-failed "$1; switch-to-configuration test of the previous system exited $rc"
+        move "$S_ROLLING_BACK" "$S_ROLLBACK_FAILED"
+        journal "$E_ROLLBACK_FAILED" "$2; switch-to-configuration test of the previous system exited $rc"
     fi
     release_lock
 }
 
-journal armed "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
+journal "$E_ARMED" "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
 while :; do
     look
     case "$st" in
-    armed)
+    "$S_ARMED")
         if [ -e "$dir/rollback-request" ]; then
-            rollback "deployer asked: $(cat "$dir/rollback-request")"
+            rollback requested "deployer asked: $(cat "$dir/rollback-request")"
             exit 0
         fi
         if [ -e "$dir/activation.rc" ]; then
             read -r rc <"$dir/activation.rc"
             if [ "$rc" != 0 ]; then
-                rollback "activation exited $rc"
+                rollback "activation-failed $rc" "activation exited $rc"
                 exit 0
             fi
         fi
         if [ "$now" -ge "$lease" ]; then
-            rollback "lease expired: the deployer did not confirm in time"
+            rollback lease-expired "lease expired: the deployer did not confirm in time"
             exit 0
         fi
         ;;
-    confirmed)
+    "$S_CONFIRMED")
         if [ "$now" -ge "$lease" ]; then
-            journal confirmed-unfinished "confirmed, but the deployer never reported persisting"
+            journal "$E_CONFIRMED_UNFINISHED" "confirmed, but the deployer never reported persisting"
             release_lock
             exit 0
         fi

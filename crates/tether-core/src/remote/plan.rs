@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{first, parse_fields, Fields, ParseError};
-use crate::plan::Closure;
+use super::wire::{finished, first, parse_fields, Fields, ParseError};
+use super::{Op, Operation, ScriptOutput};
+use crate::model::{Closure, StorePath};
 use crate::shell::quote;
 
 /// Prints `unit_file=<sha256> <entry>` for every file in `$sys/etc/systemd/system`
@@ -32,7 +33,23 @@ done
 
 /// Read-only: the current system's path, closure and sizes, unit files and
 /// the units active now. Ends with `plan=done`, or `plan=<what failed>`.
-pub fn current_system_script() -> String {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CurrentSystem;
+
+impl Operation for CurrentSystem {
+    type Output = HostSystem;
+    const OP: Op = Op::PlanCurrentSystem;
+
+    fn script(&self) -> String {
+        current_system_script()
+    }
+
+    fn parse(&self, out: &ScriptOutput) -> Result<HostSystem, ParseError> {
+        parse_current_system(&out.stdout)
+    }
+}
+
+fn current_system_script() -> String {
     format!(
         r#"set -u
 sys=$(readlink -f /run/current-system 2>/dev/null)
@@ -52,13 +69,27 @@ echo "plan=done"
     )
 }
 
-/// The unit files of `system` (a path in the store where this runs: the
-/// deployer's, for a system it built). Ends with `units=done`.
-pub fn unit_files_script(system: &crate::model::StorePath) -> String {
-    format!(
-        "set -u\nsys={}\n{UNIT_FILES_SNIPPET}echo \"units=done\"\n",
-        quote(system.as_str())
-    )
+/// The unit files of `system`, a path in the store where this runs: the
+/// deployer's, for a system it built. Ends with `units=done`.
+#[derive(Debug, Clone)]
+pub struct ListUnitFiles {
+    pub system: StorePath,
+}
+
+impl Operation for ListUnitFiles {
+    type Output = UnitFiles;
+    const OP: Op = Op::UnitFiles;
+
+    fn script(&self) -> String {
+        format!(
+            "set -u\nsys={}\n{UNIT_FILES_SNIPPET}echo \"units=done\"\n",
+            quote(self.system.as_str())
+        )
+    }
+
+    fn parse(&self, out: &ScriptOutput) -> Result<UnitFiles, ParseError> {
+        parse_unit_files(&out.stdout)
+    }
 }
 
 /// A system's unit files: entry (`foo.service`, `foo.service.d/x.conf`) →
@@ -108,17 +139,13 @@ fn unit_files(f: &Fields) -> UnitFiles {
     units
 }
 
-/// Parses [`unit_files_script`]'s output.
-pub fn parse_unit_files(stdout: &str) -> Result<UnitFiles, ParseError> {
+fn parse_unit_files(stdout: &str) -> Result<UnitFiles, ParseError> {
     let f = parse_fields(stdout);
-    if first(&f, "units") != Some("done") {
-        return Err(ParseError("listing the unit files did not finish".into()));
-    }
+    finished(&f, "units", "listing the unit files")?;
     Ok(unit_files(&f))
 }
 
-/// Parses [`current_system_script`]'s output.
-pub fn parse_current_system(stdout: &str) -> Result<HostSystem, ParseError> {
+fn parse_current_system(stdout: &str) -> Result<HostSystem, ParseError> {
     let f = parse_fields(stdout);
     match first(&f, "plan") {
         Some("done") => {}
@@ -217,11 +244,12 @@ plan=done
         assert!(parse_unit_files("").is_err());
         let u = parse_unit_files("unit_file=ab fixture-a.service\nunits=done\n").unwrap();
         assert_eq!(u.hashes.len(), 1);
-        let script = unit_files_script(
-            &crate::model::StorePath::new("/nix/store/x-it's").unwrap_or_else(|| {
+        let script = ListUnitFiles {
+            system: StorePath::new("/nix/store/x-it's").unwrap_or_else(|| {
                 panic!("valid store path");
             }),
-        );
+        }
+        .script();
         assert!(script.contains(r#"sys='/nix/store/x-it'\''s'"#), "{script}");
     }
 }

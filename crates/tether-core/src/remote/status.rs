@@ -2,15 +2,36 @@
 //! its answer: systems, generations, whether a reboot is needed, failed
 //! units, guards, and the tail of the target's own deploy journal.
 
-use super::{first, parse_fields, ParseError, JOURNAL, LOCK_DIR, RUN_DIR, SYSTEM_PROFILE};
+use super::guard::GuardState;
+use super::journal::JournalEvent;
+use super::wire::{all, finished, first, parse_fields, ParseError};
+use super::{
+    generation_number, Op, Operation, ScriptOutput, JOURNAL, LOCK_DIR, RUN_DIR, SYSTEM_PROFILE,
+};
 use crate::shell::quote;
 use serde::Serialize;
 
 /// Lines of the target's journal `status` reads.
 pub const JOURNAL_TAIL: usize = 200;
 
-/// Read-only: prints everything `status` shows about a host.
-pub fn status_script() -> String {
+/// Read-only: everything `status` shows about a host, in one round trip.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Status;
+
+impl Operation for Status {
+    type Output = HostStatus;
+    const OP: Op = Op::Status;
+
+    fn script(&self) -> String {
+        status_script()
+    }
+
+    fn parse(&self, out: &ScriptOutput) -> Result<HostStatus, ParseError> {
+        parse_status(&out.stdout)
+    }
+}
+
+fn status_script() -> String {
     format!(
         r#"set -u
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
@@ -89,12 +110,15 @@ impl JournalLine {
         })
     }
 
+    /// The event, when this tether knows it (a newer tether's guard may
+    /// write others).
+    pub fn kind(&self) -> Option<JournalEvent> {
+        JournalEvent::parse(&self.event)
+    }
+
     /// Whether this line ends a deploy (no later line of it is expected).
     pub fn is_final(&self) -> bool {
-        matches!(
-            self.event.as_str(),
-            "confirmed" | "rolled-back" | "rollback-failed" | "confirmed-unfinished"
-        )
+        self.kind().is_some_and(JournalEvent::is_final)
     }
 }
 
@@ -132,26 +156,13 @@ pub fn deployer_of(detail: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A store path shortened for tables, keeping 7 characters of its hash:
-/// systems of one host often share their name (`nixos-system-web1-24.05`)
-/// and differ only there. `/nix/store/0123456…-nixos-system-web1-24.05`
-/// becomes `0123456-nixos-system-web1-24.05`.
-pub fn short_system(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    match base.split_once('-') {
-        Some((hash, name)) if hash.len() == 32 && hash.is_ascii() && !name.is_empty() => {
-            format!("{}-{name}", &hash[..7])
-        }
-        _ => base.to_string(),
-    }
-}
-
 /// A deploy state directory on the target and its guard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GuardInfo {
     pub deploy_id: String,
-    pub state: String,
+    #[serde(serialize_with = "serialize_state")]
+    pub state: GuardState,
     /// Whether its guard unit is running.
     pub active: bool,
 }
@@ -166,10 +177,14 @@ impl GuardInfo {
     pub fn is_leftover(&self) -> bool {
         !self.active
             && !matches!(
-                self.state.as_str(),
-                "finished" | "rolled-back" | "rollback-failed"
+                self.state,
+                GuardState::Finished | GuardState::RolledBack | GuardState::RollbackFailed
             )
     }
+}
+
+fn serialize_state<S: serde::Serializer>(state: &GuardState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.wire())
 }
 
 /// A profile generation on the target.
@@ -180,7 +195,7 @@ pub struct Generation {
 }
 
 /// Everything [`status_script`] reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
     pub machine_id: String,
@@ -267,20 +282,11 @@ impl HostStatus {
     }
 }
 
-fn generation_number(link: &str) -> Option<u32> {
-    link.strip_prefix("system-")?
-        .strip_suffix("-link")?
-        .parse()
-        .ok()
-}
-
-pub fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
+fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
     let f = parse_fields(stdout);
-    if first(&f, "status") != Some("done") {
-        return Err(ParseError("the status script did not finish".into()));
-    }
+    finished(&f, "status", "the status script")?;
     let s = |k: &str| first(&f, k).map(str::to_string);
-    let all = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let all = |k: &str| all(&f, k);
     let mut generations: Vec<Generation> = all("generation")
         .iter()
         .filter_map(|l| {
@@ -318,7 +324,7 @@ pub fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
             let mut p = l.split(' ');
             Some(GuardInfo {
                 deploy_id: p.next()?.to_string(),
-                state: p.next().unwrap_or("missing").to_string(),
+                state: GuardState::parse(p.next().unwrap_or("missing")),
                 active: p.next() == Some("active"),
             })
         })
@@ -378,7 +384,7 @@ status=done\n";
         assert!(s.guards[0].is_leftover() && !s.guards[0].is_armed());
         assert!(!s.guards[1].is_leftover());
         assert_eq!(s.lock, Some(("20260101T000000-aa".into(), false)));
-        assert_eq!(s.journal[0].event, "armed");
+        assert_eq!(s.journal[0].kind(), Some(JournalEvent::Armed));
         assert_eq!(s.journal[0].detail, "lease 15s");
     }
 
@@ -423,18 +429,13 @@ journal=2026-01-02T00:00:02Z\t20260102T000000-bb\trolled-back\t/nix/store/b\t/ni
     }
 
     #[test]
-    fn deployer_names_and_short_system_names() {
+    fn deployer_names_are_read_from_journal_details() {
         assert_eq!(
             deployer_of("lease 15s; deployer root@box").as_deref(),
             Some("root@box")
         );
         assert_eq!(deployer_of("deployer asked: check failed"), None);
         assert_eq!(deployer_of("lease 15s; deployer unknown"), None);
-        assert_eq!(
-            short_system("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-v2"),
-            "0123456-nixos-system-web1-v2"
-        );
-        assert_eq!(short_system("/somewhere/else"), "else");
     }
 
     #[test]
@@ -446,18 +447,5 @@ journal=2026-01-02T00:00:02Z\t20260102T000000-bb\trolled-back\t/nix/store/b\t/ni
     #[test]
     fn a_truncated_answer_is_an_error() {
         assert!(parse_status("current=/x\n").is_err());
-    }
-
-    #[test]
-    fn the_status_script_is_valid_sh() {
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", &status_script()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }

@@ -1,10 +1,16 @@
-//! Tests of the remote vocabulary: parsers against captured output, and every
-//! script checked by a real `sh -n` so a quoting slip cannot reach a host.
+//! Tests of the remote vocabulary: every operation's script checked by a
+//! real `sh -n` with hostile values, so a quoting slip cannot reach a host;
+//! and the parsers against captured output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::plan::{CurrentSystem, ListUnitFiles};
+use super::status::Status;
 use super::*;
+use crate::model::{DeployId, Goal, StorePath, Token};
+use crate::shell::quote;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn spec() -> GuardSpec {
     GuardSpec {
@@ -13,7 +19,92 @@ fn spec() -> GuardSpec {
         old_system: StorePath::new("/nix/store/aaa-nixos-system-old").unwrap(),
         new_system: StorePath::new("/nix/store/bbb-nixos-system-it's-new").unwrap(),
         lease: Duration::from_secs(15),
-        deployer: "alice@laptop".into(),
+        deployer: "alice@laptop; $(rm -rf /)".into(),
+    }
+}
+
+fn journal() -> JournalEntry {
+    let s = spec();
+    JournalEntry {
+        deploy_id: s.deploy_id.clone(),
+        event: JournalEvent::Confirmed,
+        old: Some(s.old_system.clone()),
+        new: s.new_system.clone(),
+        deployer: "bob@x".into(),
+        detail: "a\tb\nc'd".into(),
+    }
+}
+
+fn persist() -> Persist {
+    let s = spec();
+    Persist {
+        new_system: s.new_system.clone(),
+        mode: PersistMode::SetProfile,
+        trial: Some(s),
+        journal: Some(journal()),
+    }
+}
+
+/// An example of `op`, with values a shell must not interpret.
+fn example(op: Op) -> Script {
+    let s = spec();
+    match op {
+        Op::Preflight => Preflight {
+            new_system: Some(s.new_system.clone()),
+        }
+        .request(),
+        Op::ArmAndActivate => ArmAndActivate {
+            spec: s,
+            goal: Goal::Test,
+        }
+        .request(),
+        Op::Renew => Renew { spec: s }.request(),
+        Op::Confirm => Confirm {
+            spec: s,
+            persist: None,
+        }
+        .request(),
+        Op::ConfirmAndPersist => Confirm {
+            spec: s,
+            persist: Some(persist()),
+        }
+        .request(),
+        Op::Persist => persist().request(),
+        Op::FinishTrial => FinishTrial {
+            spec: s,
+            journal: journal(),
+        }
+        .request(),
+        Op::RequestRollback => RequestRollback {
+            spec: s,
+            reason: "it's broken; $(rm -rf /)".into(),
+        }
+        .request(),
+        Op::Inspect => Inspect { spec: s }.request(),
+        Op::DryActivate => DryActivate {
+            new_system: s.new_system,
+        }
+        .request(),
+        Op::Reboot => Reboot {
+            deploy_id: s.deploy_id,
+        }
+        .request(),
+        Op::BootState => BootState.request(),
+        Op::CheckCommand => CheckCommand {
+            command: "curl -fs 'http://localhost/' | grep \"it's ok\"".into(),
+        }
+        .request(),
+        Op::Units => Units {
+            units: vec!["nginx.service".into(), "it's.service".into()],
+        }
+        .request(),
+        Op::SystemState => SystemState.request(),
+        Op::Status => Status.request(),
+        Op::PlanCurrentSystem => CurrentSystem.request(),
+        Op::UnitFiles => ListUnitFiles {
+            system: s.new_system,
+        }
+        .request(),
     }
 }
 
@@ -39,57 +130,83 @@ fn assert_parses_as_sh(script: &str) {
 }
 
 #[test]
-fn every_script_is_valid_sh_even_with_quotes_in_values() {
-    let s = spec();
-    for script in [
-        preflight_script(),
-        arm_script(&s),
-        arm_and_activate_script(&s, Goal::Test),
-        renew_script(&s),
-        request_rollback_script(&s, "it's broken; $(rm -rf /)"),
-        confirm_script(&s),
-        confirm_then(
-            &s,
-            &persist_script(&s.new_system, PersistMode::SetProfile, Some(&s)),
-        ),
-        inspect_script(&s),
-        persist_script(&s.new_system, PersistMode::SetProfile, Some(&s)),
-        persist_script(&s.new_system, PersistMode::SwitchGeneration(3), None),
-        reboot_script(&s.deploy_id),
-        boot_state_script(),
-        dry_activate_script(&s.new_system),
-        journal_script(
-            &s.deploy_id,
-            "confirmed",
-            Some(&s.old_system),
-            &s.new_system,
-            "bob@x",
-            "a\tb\nc",
-        ),
-        GUARD_SCRIPT.to_string(),
-        check_command_script("curl -fs 'http://localhost/' | grep \"it's ok\""),
-        units_script(&["nginx.service".into(), "it's.service".into()]),
-        system_state_script(),
-    ] {
-        assert_parses_as_sh(&script);
+fn every_operation_is_valid_sh_even_with_quotes_in_values() {
+    for op in Op::ALL {
+        let script = example(op);
+        assert_eq!(
+            script.op, op,
+            "the example of {op} is labelled {}",
+            script.op
+        );
+        assert_parses_as_sh(&script.text);
     }
+    // Also the guard itself.
+    assert_parses_as_sh(&guard::guard_script());
 }
 
 #[test]
 fn values_are_quoted_never_spliced() {
-    let s = spec();
-    let script = request_rollback_script(&s, "x'; touch /tmp/pwned; echo '");
-    assert!(script.contains(r#"'x'\''; touch /tmp/pwned; echo '\'''"#));
-    assert!(arm_and_activate_script(&s, Goal::Test)
+    let script = example(Op::RequestRollback).text;
+    assert!(
+        script.contains(r#"'it'\''s broken; $(rm -rf /)'"#),
+        "{script}"
+    );
+    assert!(example(Op::ArmAndActivate)
+        .text
         .contains(r#"'/nix/store/bbb-nixos-system-it'\''s-new'"#));
 }
 
 #[test]
+fn the_guard_knows_every_state_and_event_by_its_one_wire_name() {
+    let guard = guard::guard_script();
+    for state in GuardState::WRITTEN {
+        assert!(
+            guard.contains(&format!("={}\n", quote(state.wire()))),
+            "{state} missing from the guard's names"
+        );
+        assert_eq!(GuardState::parse(state.wire()), state);
+    }
+    for event in JournalEvent::ALL {
+        assert!(guard.contains(&format!("={}\n", quote(event.wire()))));
+        assert_eq!(JournalEvent::parse(event.wire()), Some(event));
+    }
+    assert_eq!(GuardState::parse(""), GuardState::Missing);
+    assert_eq!(
+        GuardState::parse("from-the-future"),
+        GuardState::Other("from-the-future".into())
+    );
+}
+
+#[test]
+fn guard_causes_are_read_from_the_guards_words() {
+    assert_eq!(GuardCause::parse("requested"), Some(GuardCause::Requested));
+    assert_eq!(
+        GuardCause::parse("lease-expired"),
+        Some(GuardCause::LeaseExpired)
+    );
+    assert_eq!(
+        GuardCause::parse("activation-failed 4"),
+        Some(GuardCause::ActivationFailed { exit_code: 4 })
+    );
+    assert_eq!(GuardCause::parse("activation-failed"), None);
+    assert_eq!(GuardCause::parse(""), None);
+}
+
+fn out(stdout: &str) -> ScriptOutput {
+    ScriptOutput {
+        stdout: stdout.into(),
+        stderr: String::new(),
+        exit_code: Some(0),
+    }
+}
+
+#[test]
 fn preflight_output_is_parsed_ignoring_banners() {
-    let out = "Welcome to host1!\nmachine_id=0123\nhostname=host1\narch=aarch64\ncurrent=/nix/store/x-sys\nbooted=\nprofile=/nix/store/x-sys\nboot_id=b1\nmissing=flock\nbusy=20260101T000000-aa\npreflight=done\n";
-    let f = parse_preflight(out).unwrap();
+    let f = Preflight::default()
+        .parse(&out("Welcome to host1!\nmachine_id=0123\nhostname=host1\narch=aarch64\ncurrent=/nix/store/x-sys\nbooted=\nprofile=/nix/store/x-sys\nboot_id=b1\nmissing=flock\nbusy=20260101T000000-aa\npreflight=done\n"))
+        .unwrap();
     assert_eq!(f.machine_id, "0123");
-    assert_eq!(f.nix_system(), "aarch64-linux");
+    assert_eq!(f.arch, "aarch64");
     assert_eq!(f.current_system.as_deref(), Some("/nix/store/x-sys"));
     assert_eq!(f.booted_system, None);
     assert_eq!(f.missing_tools, vec!["flock".to_string()]);
@@ -98,42 +215,80 @@ fn preflight_output_is_parsed_ignoring_banners() {
 
 #[test]
 fn a_truncated_preflight_is_an_error() {
-    assert!(parse_preflight("machine_id=1\n").is_err());
+    assert!(Preflight::default().parse(&out("machine_id=1\n")).is_err());
 }
 
 #[test]
 fn arm_results() {
-    assert_eq!(parse_arm("arm=armed\n").unwrap(), ArmResult::Armed);
+    let op = ArmAndActivate {
+        spec: spec(),
+        goal: Goal::Test,
+    };
+    let arm = |s: &str| op.parse(&out(s)).map(|r| r.arm);
+    assert_eq!(arm("arm=armed\n").unwrap(), ArmResult::Armed);
     assert_eq!(
-        parse_arm("arm=busy\nbusy=D1\n").unwrap(),
+        arm("arm=busy\nbusy=D1\n").unwrap(),
         ArmResult::Busy("D1".into())
     );
     assert_eq!(
-        parse_arm("arm=changed\ncurrent=/nix/store/c-sys\n").unwrap(),
+        arm("arm=changed\ncurrent=/nix/store/c-sys\n").unwrap(),
         ArmResult::Changed("/nix/store/c-sys".into())
     );
-    assert!(parse_arm("").is_err());
+    assert!(arm("").is_err());
+    // Armed: the exit code is the activation's, with the first look.
+    let report = op
+        .parse(&ScriptOutput {
+            stdout:
+                "arm=armed\nlease_renewed=yes\nsystem_state=running\nfailed_count=0\nsystem=done\n"
+                    .into(),
+            stderr: String::new(),
+            exit_code: Some(4),
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, Some(4));
+    assert!(report.lease_renewed);
+    assert_eq!(report.first_look.unwrap().state, "running");
+}
+
+#[test]
+fn the_arm_sessions_lines_are_the_protocols_or_the_targets() {
+    assert_eq!(ArmAndActivate::classify("arm=armed"), StreamLine::Armed);
+    assert_eq!(
+        ArmAndActivate::classify("failed_count=0"),
+        StreamLine::Protocol
+    );
+    assert_eq!(
+        ArmAndActivate::classify("activating the configuration..."),
+        StreamLine::Output("activating the configuration...")
+    );
 }
 
 #[test]
 fn confirm_after_the_guard_fired_is_too_late() {
-    let r = parse_confirm(
-        "machine_id=m\ncurrent=/nix/store/old\nboot_id=b\nconfirm=too-late\nstate=rolled-back\nreason=lease expired\n",
-    )
+    let r = Confirm {
+        spec: spec(),
+        persist: None,
+    }
+    .parse(&out(
+        "machine_id=m\ncurrent=/nix/store/old\nboot_id=b\nconfirm=too-late\nstate=rolled-back\n",
+    ))
     .unwrap();
     assert_eq!(r.result, ConfirmResult::TooLate);
     assert_eq!(r.state, GuardState::RolledBack);
-    assert_eq!(r.reason.as_deref(), Some("lease expired"));
+    assert_eq!(r.persist, None);
 }
 
 #[test]
 fn persist_report() {
-    let r = parse_persist("profile=ok\nboot_rc=0\ngeneration=7\n").unwrap();
+    let r = persist()
+        .parse(&out("profile=ok\nboot_rc=0\ngeneration=7\n"))
+        .unwrap();
     assert!(r.profile_set);
     assert_eq!(r.boot_rc, Some(0));
     assert_eq!(r.generation, Some(7));
     assert!(
-        !parse_persist("profile=failed\ngeneration=\n")
+        !persist()
+            .parse(&out("profile=failed\ngeneration=\n"))
             .unwrap()
             .profile_set
     );
@@ -158,16 +313,18 @@ fn deploy_ids_and_tokens_are_validated() {
 
 #[test]
 fn preflight_records_the_units_failed_before_the_switch() {
-    let out = "machine_id=m\nhostname=h\narch=x86_64\ncurrent=/nix/store/x\nboot_id=b\nfailed_unit=a.service\nfailed_unit=b.mount\npreflight=done\n";
-    let f = parse_preflight(out).unwrap();
+    let f = Preflight::default().parse(&out("machine_id=m\nhostname=h\narch=x86_64\ncurrent=/nix/store/x\nboot_id=b\nfailed_unit=a.service\nfailed_unit=b.mount\npreflight=done\n")).unwrap();
     assert_eq!(f.failed_units, ["a.service", "b.mount"]);
-    assert!(preflight_script().contains("--state=failed"));
+    assert!(Preflight::default().script().contains("--state=failed"));
 }
 
 #[test]
 fn unit_states_and_system_state_are_parsed() {
-    let units =
-        parse_units("banner\nunit_state=nginx.service active\nunit_state=db.service inactive\n");
+    let units = Units { units: Vec::new() }
+        .parse(&out(
+            "banner\nunit_state=nginx.service active\nunit_state=db.service inactive\n",
+        ))
+        .unwrap();
     assert_eq!(
         units,
         [
@@ -175,19 +332,42 @@ fn unit_states_and_system_state_are_parsed() {
             ("db.service".to_string(), "inactive".to_string())
         ]
     );
-    let state =
-        parse_system_state("system_state=degraded\nfailed_unit=x.service\nsystem=done\n").unwrap();
+    let state = SystemState
+        .parse(&out(
+            "system_state=degraded\nfailed_unit=x.service\nsystem=done\n",
+        ))
+        .unwrap();
     assert_eq!(state.state, "degraded");
     assert_eq!(state.failed_units, ["x.service"]);
-    assert!(parse_system_state("system_state=running\n").is_err());
+    assert!(SystemState.parse(&out("system_state=running\n")).is_err());
 }
 
 #[test]
 fn a_target_command_check_keeps_its_own_exit_status_and_stderr() {
-    let script = check_command_script("echo oops >&2; exit 3");
+    let script = CheckCommand {
+        command: "echo oops >&2; exit 3".into(),
+    }
+    .script();
     let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+}
+
+#[test]
+fn journal_lines_cannot_be_forged_by_tabs_or_newlines() {
+    let dir = std::env::temp_dir().join(format!("tether-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("journal");
+    let script = journal()
+        .append_script()
+        .replace(&quote(JOURNAL), &quote(&path.to_string_lossy()));
+    let status = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert_eq!(text.trim_end().split('\t').count(), 7, "{text:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

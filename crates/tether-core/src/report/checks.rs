@@ -15,7 +15,7 @@ pub struct CheckAttempt {
 }
 
 /// A check that had not passed when the deadline came.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CheckFailure {
     pub check: String,
     pub kind: CheckType,

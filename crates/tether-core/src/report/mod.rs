@@ -5,7 +5,12 @@
 mod checks;
 mod events;
 mod outcome;
+mod reason;
 
 pub use checks::{CheckAttempt, CheckFailure};
 pub use events::{Event, EventKind, Phase};
-pub use outcome::{exit_code, HostReport, Outcome};
+pub use outcome::{Cause, HostReport, Outcome, RunResult};
+pub use reason::{
+    ConfirmAttempt, Failure, IdentityProblem, NoGeneration, NotPersisted, PersistProblem, Refusal,
+    RollbackReason, SkipReason, TrialProblem, Trouble, Unhealthy, UnknownReason,
+};

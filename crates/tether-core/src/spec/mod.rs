@@ -12,4 +12,6 @@ pub use checks::{
     FAILED_UNITS, SYSTEM_RUNNING,
 };
 pub use rollout::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
-pub use timeouts::{TimeoutSettings, Timeouts};
+pub use timeouts::{
+    TimeoutSettings, Timeouts, LOOK_CALL, PERSIST_AT_MOST, POLL_INTERVAL, QUICK_CALL, RETRY_PAUSE,
+};

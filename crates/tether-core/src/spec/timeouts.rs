@@ -81,7 +81,46 @@ impl TimeoutSettings {
     }
 }
 
+/// Pause between confirmation attempts over new connections.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How often to look again while waiting on a host (its guard's verdict
+/// after a trial, its return from a reboot).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// One short request to a host that may be in trouble (asking its guard to
+/// roll back): failing fast matters more, as the lease is the fallback.
+pub const QUICK_CALL: Duration = Duration::from_secs(5);
+/// One look at a host over a fresh connection (inspecting a trial, reading
+/// its boot state): a key exchange on a loaded host plus a few reads.
+pub const LOOK_CALL: Duration = Duration::from_secs(10);
+/// The most a confirmation's session spends persisting: installing a boot
+/// loader can take a while, but a hung one must not hold the deploy up.
+pub const PERSIST_AT_MOST: Duration = Duration::from_secs(120);
+
 impl Timeouts {
+    /// How often the lease keeper renews: every fifth of a lease, so four
+    /// renewals can fail before the guard gives up.
+    pub fn renew_every(&self) -> Duration {
+        (self.lease / 5).max(Duration::from_millis(500))
+    }
+
+    /// How long one renewal may take: a slow answer still renews; only a
+    /// host that cannot be reached for a whole lease is given up.
+    pub fn renew_timeout(&self) -> Duration {
+        (self.lease / 3).max(Duration::from_secs(2))
+    }
+
+    /// How long one confirmation attempt may take: a fresh connection and a
+    /// few reads ([`LOOK_CALL`], at most `command`), plus persisting when it
+    /// rides along in the same session.
+    pub fn confirm_attempt(&self, persists: bool) -> Duration {
+        let confirm = self.command.min(LOOK_CALL);
+        if persists {
+            confirm + self.activation.min(PERSIST_AT_MOST)
+        } else {
+            confirm
+        }
+    }
+
     /// The limits `settings` asks for (flags already over the inventory),
     /// tether's defaults for the rest.
     pub fn resolve(settings: &TimeoutSettings) -> Timeouts {

@@ -13,13 +13,13 @@ use tether_core::report::{CheckAttempt, CheckFailure};
 use tether_core::report::{Event, EventKind};
 use tether_core::spec::HostChecks;
 
+use crate::adapters::clock::TokioClock;
+use crate::adapters::probe::LocalProbe;
+use crate::adapters::ssh::SshTarget;
 use crate::cli::Context;
-use crate::clock::TokioClock;
-use crate::commands::deploy::check_target;
-use crate::exit::CommandError;
-use crate::probe::LocalProbe;
-use crate::report::{HumanReporter, JsonReporter};
-use crate::ssh::SshTarget;
+use crate::exit::{CommandError, ExitStatus};
+use crate::ui::records::{CheckSummary, Record};
+use crate::ui::report::{HumanReporter, JsonReporter};
 
 /// Run the selected hosts' health checks (docs/checks.md) against the systems they run now, without deploying
 ///
@@ -58,14 +58,6 @@ struct HostResult {
     failures: Vec<FailureReport>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Summary<'a> {
-    event: &'static str,
-    exit_code: i32,
-    hosts: &'a [HostResult],
-}
-
 enum Out {
     Human(HumanReporter),
     Json(JsonReporter),
@@ -100,13 +92,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         t.close().await;
     }
     let failed = results.iter().filter(|r| !r.healthy).count();
-    let code = i32::from(failed > 0);
+    let status = if failed > 0 {
+        ExitStatus::HostFailed
+    } else {
+        ExitStatus::Success
+    };
     match &out {
-        Out::Json(r) => r.line(&Summary {
-            event: "summary",
-            exit_code: code,
-            hosts: &results,
-        }),
+        Out::Json(r) => r.line(&Record::CheckSummary(CheckSummary::new(
+            status.code(),
+            &results,
+        ))),
         Out::Human(_) => print!("{}", table(&results)),
     }
     if failed > 0 {
@@ -141,7 +136,7 @@ async fn check_host(
         })
     };
     let failures = checks::run_checks(
-        &check_target(host),
+        &host.check_target(),
         &checks,
         &Baseline::None,
         target,

@@ -3,9 +3,9 @@
 //! with its events. Outcomes learnt later from a host's own journal (by
 //! `tether status`) are marked as such.
 
+use crate::adapters::journal::{Journal, RunRecord};
 use crate::cli::Context;
 use crate::exit::CommandError;
-use crate::journal::{Journal, RunRecord};
 
 /// Show recorded deploys and rollbacks (from the deployer's journal).
 #[derive(Debug, clap::Args)]
@@ -54,7 +54,8 @@ fn line(run: &RunRecord) -> String {
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let journal = Journal::open_default().map_err(|e| CommandError::Usage(e.to_string()))?;
-    let journal_err = |e: crate::journal::JournalError| CommandError::Usage(e.to_string());
+    let journal_err =
+        |e: crate::adapters::journal::JournalError| CommandError::Usage(e.to_string());
     if let Some(id) = &args.run_id {
         let Some((run, events)) = journal.run(id).map_err(journal_err)? else {
             return Err(CommandError::Usage(format!("no run {id:?} in the journal")));

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -14,15 +13,18 @@ use serde::Serialize;
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
 use tether_core::plan::{
-    exit_code, parse_path_info_json, plan_host, Closure, HostPlan, PlanJob, PlanStatus, UnitsSource,
+    all_planned, parse_path_info_json, plan_host, Closure, HostPlan, PlanJob, PlanStatus,
+    UnitsSource,
 };
-use tether_core::remote::plan::{parse_unit_files, unit_files_script, UnitFiles};
+use tether_core::ports::{call, Conn};
+use tether_core::remote::plan::{ListUnitFiles, UnitFiles};
 use tether_core::spec::Timeouts;
 
+use crate::adapters::local::LocalShell;
+use crate::adapters::nix::NixError;
+use crate::adapters::ssh::SshTarget;
 use crate::cli::Context;
-use crate::exit::CommandError;
-use crate::nix::NixError;
-use crate::ssh::SshTarget;
+use crate::exit::{CommandError, ExitStatus};
 
 /// Show what a deploy would change on each selected host, without changing it
 ///
@@ -72,7 +74,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         }
     };
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
-    let built = crate::systems::build_systems(ctx, &names, &say).await?;
+    let built = crate::toplevels::build_systems(ctx, &names, &say).await?;
     let mut outs: Vec<StorePath> = built.values().map(|b| b.path.clone()).collect();
     outs.sort();
     outs.dedup();
@@ -134,7 +136,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .collect()
         .await;
 
-    let code = exit_code(&plans);
+    let code = if all_planned(&plans) {
+        ExitStatus::Success
+    } else {
+        ExitStatus::HostFailed
+    }
+    .code();
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let doc = Document {
@@ -206,27 +213,12 @@ async fn local_closure(ctx: &Context, system: &StorePath) -> Result<Closure, Com
 /// The new system's unit files, hashed by the same script the host runs
 /// for its current system, so both sides are compared alike.
 async fn local_unit_files(system: &StorePath) -> Result<UnitFiles, CommandError> {
-    let output = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(unit_files_script(system))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
+    let op = ListUnitFiles {
+        system: system.clone(),
+    };
+    call(&LocalShell, &op, Conn::Fresh, Timeouts::default().command)
         .await
-        .map_err(CommandError::Output)?;
-    parse_unit_files(&String::from_utf8_lossy(&output.stdout)).map_err(|e| {
-        CommandError::Usage(format!(
-            "reading the unit files of {system}: {e}: {}",
-            last_lines(&String::from_utf8_lossy(&output.stderr), 3)
-        ))
-    })
-}
-
-fn last_lines(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+        .map_err(|e| CommandError::Local(format!("reading the unit files of {system}: {e}")))
 }
 
 /// Bytes as a short human size (`1.2 MiB`), signed when `signed`.
@@ -264,11 +256,17 @@ fn render(plan: &HostPlan) -> String {
         PlanStatus::Planned => "would change".to_string(),
         PlanStatus::Refused => format!(
             "refused: {}",
-            plan.reason.as_deref().unwrap_or("no reason given")
+            plan.reason
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "no reason given".into())
         ),
         PlanStatus::Failed => format!(
             "could not be planned: {}",
-            plan.reason.as_deref().unwrap_or("no reason given")
+            plan.reason
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "no reason given".into())
         ),
     };
     line(format!("{}: {head}", plan.host.as_str()));

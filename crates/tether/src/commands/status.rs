@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
+use tether_core::identity::{self, Expected, Seen};
 use tether_core::inventory::Host;
 use tether_core::model::HostName;
-use tether_core::ports::{Conn, RemoteError, Target};
-use tether_core::remote::status::{
-    parse_status, short_system, status_script, Generation, HostStatus, LastDeploy,
-};
+use tether_core::ports::{call, CallError, Conn, RemoteError};
+use tether_core::remote::status::{Generation, HostStatus, LastDeploy, Status};
 
+use tether_core::text::short_store_path;
+
+use crate::adapters::journal::Journal;
+use crate::adapters::ssh::SshTarget;
 use crate::cli::Context;
 use crate::exit::CommandError;
-use crate::journal::Journal;
-use crate::ssh::SshTarget;
 
 /// Show the selected hosts' state
 ///
@@ -127,8 +128,8 @@ fn classify(e: &RemoteError) -> Failure {
     let (kind, message) = match e {
         RemoteError::HostKey(m) => ("host-key", format!("host key verification failed: {m}")),
         RemoteError::Timeout(d) => ("timeout", format!("no answer within {}s", d.as_secs())),
-        RemoteError::Unreachable(m) if m.contains("Connection refused") => ("refused", m.clone()),
-        RemoteError::Unreachable(m) if m.contains("timed out") => ("timeout", m.clone()),
+        RemoteError::Refused(m) => ("refused", m.clone()),
+        RemoteError::ConnectTimedOut(m) => ("timeout", m.clone()),
         RemoteError::Unreachable(m) => ("unreachable", m.clone()),
         RemoteError::Other(m) => ("error", m.clone()),
     };
@@ -138,16 +139,20 @@ fn classify(e: &RemoteError) -> Failure {
 /// Fills `row` from a host's answer, checking the pinned machine-id.
 fn fill(row: &mut Row, host: &Host, s: &HostStatus) {
     row.reachable = true;
-    match &host.machine_id {
-        Some(pinned) if !s.machine_id.eq_ignore_ascii_case(pinned.as_str()) => {
+    let expected = Expected {
+        machine_id: host.machine_id.as_ref().map(|m| m.as_str()),
+        platform: None,
+    };
+    let seen = Seen {
+        machine_id: &s.machine_id,
+        arch: "",
+    };
+    match identity::check(&expected, &seen) {
+        Err(problem) => {
             row.identity = "mismatch";
-            row.identity_detail = Some(format!(
-                "machine-id is {:?}, the inventory pins {}",
-                s.machine_id,
-                pinned.as_str()
-            ));
+            row.identity_detail = Some(problem.to_string());
         }
-        _ => row.identity = "ok",
+        Ok(()) => row.identity = "ok",
     }
     let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
     row.hostname = some(&s.hostname);
@@ -168,7 +173,7 @@ fn fill(row: &mut Row, host: &Host, s: &HostStatus) {
         .leftover_guards()
         .map(|g| LeftoverGuard {
             deploy_id: g.deploy_id.clone(),
-            state: g.state.clone(),
+            state: g.state.wire().to_string(),
         })
         .collect();
     row.stale_lock = s.stale_lock().map(str::to_string);
@@ -182,12 +187,9 @@ async fn status_of(
 ) -> Row {
     let mut row = Row::empty(host);
     // A fresh connection: one round trip, and no ControlMaster left behind.
-    let out = match target
-        .run(&status_script(), Conn::Fresh, timeout, None)
-        .await
-    {
-        Ok(out) => out,
-        Err(e) => {
+    let status = match call(target, &Status, Conn::Fresh, timeout).await {
+        Ok(status) => status,
+        Err(CallError::Remote(e)) => {
             if matches!(e, RemoteError::HostKey(_)) {
                 row.identity = "mismatch";
                 row.identity_detail = Some("the host key is not the pinned one".into());
@@ -195,19 +197,10 @@ async fn status_of(
             row.error = Some(classify(&e));
             return row;
         }
-    };
-    let status = match parse_status(&out.stdout) {
-        Ok(s) => s,
-        Err(e) => {
-            let stderr: Vec<&str> = out.stderr.lines().rev().take(3).collect();
+        Err(e @ CallError::Parse { .. }) => {
             row.error = Some(Failure {
                 kind: "bad-answer",
-                message: format!(
-                    "{} (exit {:?}; stderr: {})",
-                    e.0,
-                    out.exit_code,
-                    stderr.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ),
+                message: e.to_string(),
             });
             return row;
         }
@@ -303,7 +296,7 @@ fn table(rows: &[Row]) -> String {
         "GUARDS",
         "LAST-DEPLOY",
     ];
-    let short = |p: &Option<String>| or_dash(p.as_deref().map(short_system));
+    let short = |p: &Option<String>| or_dash(p.as_deref().map(short_store_path));
     let num = |n: Option<u32>| or_dash(n.map(|n| n.to_string()));
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
@@ -381,10 +374,15 @@ mod tests {
     }
 
     fn answer(machine_id: &str) -> HostStatus {
-        parse_status(&format!(
-            "machine_id={machine_id}\ncurrent=/nix/store/x\nfailed_unit=a.service\nstatus=done\n"
-        ))
-        .unwrap()
+        use tether_core::remote::{Operation, ScriptOutput};
+        Status
+            .parse(&ScriptOutput {
+                stdout: format!(
+                    "machine_id={machine_id}\ncurrent=/nix/store/x\nfailed_unit=a.service\nstatus=done\n"
+                ),
+                ..ScriptOutput::default()
+            })
+            .unwrap()
     }
 
     #[test]
@@ -412,18 +410,8 @@ mod tests {
     fn ssh_failures_are_classified() {
         let kind = |e: RemoteError| classify(&e).kind;
         assert_eq!(kind(RemoteError::HostKey("x".into())), "host-key");
-        assert_eq!(
-            kind(RemoteError::Unreachable(
-                "ssh: connect to host 10.0.0.1 port 22: Connection refused".into()
-            )),
-            "refused"
-        );
-        assert_eq!(
-            kind(RemoteError::Unreachable(
-                "ssh: connect to host 10.0.0.1 port 22: Connection timed out".into()
-            )),
-            "timeout"
-        );
+        assert_eq!(kind(RemoteError::Refused("x".into())), "refused");
+        assert_eq!(kind(RemoteError::ConnectTimedOut("x".into())), "timeout");
         assert_eq!(
             kind(RemoteError::Timeout(Duration::from_secs(10))),
             "timeout"
@@ -438,9 +426,7 @@ mod tests {
     fn an_unreachable_host_is_a_row_with_its_reason() {
         let h = host(None);
         let mut row = Row::empty(&h);
-        row.error = Some(classify(&RemoteError::Unreachable(
-            "Connection refused".into(),
-        )));
+        row.error = Some(classify(&RemoteError::Refused("Connection refused".into())));
         let text = table(&[row]);
         assert!(text.contains("no (refused)"), "{text}");
         assert!(text.contains("web1: refused: Connection refused"), "{text}");

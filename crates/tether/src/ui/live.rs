@@ -1,7 +1,7 @@
 //! The live terminal view (stderr is a terminal): one line per host in
 //! flight with its phase and elapsed time, finished hosts printed above as
 //! they end, and a line counting outcomes. When stderr is not a terminal
-//! the plain, timestamped [`crate::report::HumanReporter`] is used instead.
+//! the plain, timestamped [`crate::ui::report::HumanReporter`] is used instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -120,7 +120,7 @@ impl Reporter for LiveReporter {
                 }
                 let line = match outcome.reason() {
                     Some(reason) => {
-                        format!("{host}: {} ({})", outcome.name(), printable(reason, 200))
+                        format!("{host}: {} ({})", outcome.name(), printable(&reason, 200))
                     }
                     None => format!("{host}: {}", outcome.name()),
                 };

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tether_core::ports::Reporter;
 use tether_core::report::{Event, EventKind, HostReport, Outcome};
+use tether_core::text::short_store_path;
+
+use super::records::Record;
 
 /// Progress for people: one line per phase change, warning, output line and
 /// outcome, prefixed with the elapsed time and the host. No control
@@ -54,7 +57,7 @@ impl Reporter for HumanReporter {
                 clean(detail)
             ),
             EventKind::Outcome { outcome } => match outcome.reason() {
-                Some(reason) => format!("{}: {}", outcome.name().to_uppercase(), clean(reason)),
+                Some(reason) => format!("{}: {}", outcome.name().to_uppercase(), clean(&reason)),
                 None => outcome.name().to_uppercase(),
             },
         };
@@ -77,8 +80,9 @@ impl JsonReporter {
         }
     }
 
-    pub fn line<T: Serialize>(&self, value: &T) {
-        if let (Ok(mut out), Ok(text)) = (self.out.lock(), serde_json::to_string(value)) {
+    /// Prints one record as a line of JSON.
+    pub fn line<C: Serialize>(&self, record: &Record<'_, C>) {
+        if let (Ok(mut out), Ok(text)) = (self.out.lock(), serde_json::to_string(record)) {
             let _ = writeln!(out, "{text}");
             let _ = out.flush();
         }
@@ -93,33 +97,12 @@ impl Default for JsonReporter {
 
 impl Reporter for JsonReporter {
     fn event(&self, event: Event) {
-        self.line(&event);
+        self.line(&Record::<()>::Event(&event));
     }
-}
-
-/// The summary event that ends a `--json` stream.
-#[derive(Serialize)]
-pub struct Summary<'a> {
-    pub event: &'static str,
-    #[serde(rename = "deployId")]
-    pub deploy_id: &'a str,
-    #[serde(rename = "exitCode")]
-    pub exit_code: i32,
-    pub hosts: &'a [HostReport],
 }
 
 fn short(path: Option<&str>) -> String {
-    match path {
-        None => "-".into(),
-        Some(p) => {
-            let name = p.rsplit('/').next().unwrap_or(p);
-            // /nix/store/<32 chars hash>-name: keep the hash's start and the name.
-            match name.split_once('-') {
-                Some((hash, rest)) if hash.len() == 32 => format!("{}…-{rest}", &hash[..7]),
-                _ => name.to_string(),
-            }
-        }
-    }
+    path.map(short_store_path).unwrap_or_else(|| "-".into())
 }
 
 fn generations(r: &HostReport) -> String {
@@ -152,7 +135,7 @@ pub fn summary_table(reports: &[HostReport]) -> String {
                 short(Some(&r.new_system))
             ),
             Outcome::Unchanged => short(Some(&r.new_system)),
-            other => other.reason().unwrap_or("").to_string(),
+            other => other.reason().unwrap_or_default(),
         };
         s.push_str(&format!(
             "{:<width$}  {:<24} {:<10} {:>7.1}s  {}\n",

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use tether_core::ports::Reporter;
 use tether_core::remote::status::JournalLine;
+use tether_core::remote::JournalEvent;
 use tether_core::report::{Event, EventKind, HostReport, Outcome};
 
 /// Forward-only migrations; entry `i` moves the schema from version `i` to `i + 1`.
@@ -316,10 +316,9 @@ impl Journal {
         let kind = match &event.kind {
             EventKind::Phase { .. } => "phase",
             EventKind::Output { .. } => "output",
+            EventKind::Check { .. } => "check",
             EventKind::Warning { .. } => "warning",
             EventKind::Outcome { .. } => "outcome",
-            #[allow(unreachable_patterns)]
-            _ => "other",
         };
         let data = serde_json::to_string(event).unwrap_or_default();
         self.with(|c| {
@@ -384,9 +383,11 @@ impl Journal {
             let tx = c.transaction()?;
             let mut updated = 0;
             for line in lines.iter().filter(|l| l.is_final()) {
-                let outcome = match line.event.as_str() {
-                    "confirmed" | "confirmed-unfinished" => "confirmed",
-                    "rolled-back" => "rolled-back",
+                let outcome = match line.kind() {
+                    Some(JournalEvent::Confirmed) => "confirmed",
+                    // Confirmed, but never persisted: the host boots the old system.
+                    Some(JournalEvent::ConfirmedUnfinished) => "confirmed-not-persisted",
+                    Some(JournalEvent::RolledBack) => "rolled-back",
                     _ => "unknown",
                 };
                 updated += tx.execute(
@@ -523,22 +524,6 @@ impl Journal {
                 .collect::<rusqlite::Result<_>>()?;
             Ok(Some((run, events)))
         })
-    }
-}
-
-/// Records every event into the journal and passes it on.
-pub struct JournalReporter<'a, R: Reporter + ?Sized> {
-    pub journal: &'a Journal,
-    pub run_id: String,
-    pub inner: &'a R,
-}
-
-impl<R: Reporter + ?Sized> Reporter for JournalReporter<'_, R> {
-    fn event(&self, event: Event) {
-        if let Err(e) = self.journal.record_event(&self.run_id, &event) {
-            tracing::warn!("could not record an event in the journal: {e}");
-        }
-        self.inner.event(event);
     }
 }
 

@@ -20,7 +20,9 @@ use std::time::Duration;
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
 use tether_core::ports::{Conn, RemoteError, ScriptOutput, Target};
+use tether_core::remote::Script;
 use tether_core::shell::quote;
+use tether_core::text::tail;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
@@ -133,7 +135,7 @@ impl SshTarget {
     /// first session: the connection stays open (ControlPersist) for the
     /// sessions that follow. Returns `first`'s output when it ran; failures
     /// are left to the deploy, which asks again and reports them properly.
-    pub async fn open_with(&self, first: &str, timeout: Duration) -> Option<ScriptOutput> {
+    pub async fn open_with(&self, first: &Script, timeout: Duration) -> Option<ScriptOutput> {
         let run = self.run_script(
             &["-o", "ControlMaster=yes"],
             first,
@@ -167,6 +169,10 @@ impl SshTarget {
             RemoteError::HostKey(tail)
         } else if tail.is_empty() {
             RemoteError::Unreachable(format!("{what} failed without a message"))
+        } else if stderr.contains("Connection refused") {
+            RemoteError::Refused(tail)
+        } else if stderr.contains("timed out") {
+            RemoteError::ConnectTimedOut(tail)
         } else {
             RemoteError::Unreachable(tail)
         }
@@ -180,11 +186,6 @@ fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new(program);
     c.process_group(0);
     c
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let all: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    all[all.len().saturating_sub(lines)..].join(" | ")
 }
 
 async fn read_lines<R: AsyncRead + Unpin>(
@@ -209,7 +210,7 @@ impl SshTarget {
     async fn run_script(
         &self,
         first_options: &[&str],
-        script: &str,
+        script: &Script,
         conn: Conn,
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
@@ -220,7 +221,7 @@ impl SshTarget {
             .arg(self.host.address.to_string())
             // The remote login shell runs this; `sh -c` makes the script's
             // dialect POSIX sh whatever that shell is.
-            .arg(format!("sh -c {}", quote(script)))
+            .arg(format!("sh -c {}", quote(&script.text)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -268,7 +269,7 @@ impl SshTarget {
 impl Target for SshTarget {
     async fn run(
         &self,
-        script: &str,
+        script: &Script,
         conn: Conn,
         timeout: Duration,
         on_line: Option<&dyn Fn(&str)>,
@@ -304,7 +305,9 @@ impl Target for SshTarget {
             Ok(Ok(out)) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 match Self::classify(&stderr, "nix copy") {
-                    RemoteError::Unreachable(m) => Err(RemoteError::Other(format!(
+                    RemoteError::Unreachable(m)
+                    | RemoteError::Refused(m)
+                    | RemoteError::ConnectTimedOut(m) => Err(RemoteError::Other(format!(
                         "nix copy failed ({}): {m}",
                         out.status
                     ))),
@@ -312,5 +315,32 @@ impl Target for SshTarget {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_failures_are_classified_from_its_stderr() {
+        let kind = |stderr: &str| SshTarget::classify(stderr, "ssh");
+        assert!(matches!(
+            kind("ssh: connect to host 10.0.0.1 port 22: Connection refused"),
+            RemoteError::Refused(_)
+        ));
+        assert!(matches!(
+            kind("ssh: connect to host 10.0.0.1 port 22: Connection timed out"),
+            RemoteError::ConnectTimedOut(_)
+        ));
+        assert!(matches!(
+            kind("Host key verification failed."),
+            RemoteError::HostKey(_)
+        ));
+        assert!(matches!(
+            kind("ssh: connect to host 10.0.0.1 port 22: No route to host"),
+            RemoteError::Unreachable(_)
+        ));
+        assert!(matches!(kind(""), RemoteError::Unreachable(_)));
     }
 }

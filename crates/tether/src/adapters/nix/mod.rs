@@ -23,7 +23,7 @@ pub use escape::nix_string;
 pub use flake_ref::resolve_flake_ref;
 
 /// The expression both evaluations run; see the file for its contract.
-const EVAL_INVENTORY: &str = include_str!("../../../../nix/eval-inventory.nix");
+const EVAL_INVENTORY: &str = include_str!("../../../../../nix/eval-inventory.nix");
 
 /// Where the inventory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

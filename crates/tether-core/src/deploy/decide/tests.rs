@@ -1,0 +1,608 @@
+//! The safe switch's decisions, table-tested without fakes: each case is
+//! what the host said, and what tether must do next.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::model::{DeployId, Token};
+use crate::remote::PersistMode;
+use crate::report::{CheckFailure, Trouble};
+use crate::spec::{CheckTarget, CheckType, HostChecks, Timeouts};
+use std::time::Duration;
+
+const OLD: &str = "/nix/store/aaaa-nixos-system-old";
+const NEW: &str = "/nix/store/bbbb-nixos-system-new";
+
+fn job(goal: Goal) -> HostJob {
+    HostJob {
+        host: "web1".parse().unwrap(),
+        new_system: StorePath::new(NEW).unwrap(),
+        platform: Some("x86_64-linux".into()),
+        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        goal,
+        timeouts: Timeouts::default(),
+        deploy_id: DeployId::new("20261121T000000", "abcdef").unwrap(),
+        token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
+        check_target: CheckTarget {
+            name: "web1".parse().unwrap(),
+            address: "10.231.1.11".parse().unwrap(),
+            ssh_user: "root".parse().unwrap(),
+        },
+        checks: HostChecks::none(),
+        deployer: "alice@laptop".into(),
+        source: SystemSource::Copy,
+        persist: PersistMode::SetProfile,
+        reboot: None,
+        early_preflight: None,
+    }
+}
+
+fn facts(current: &str, profile: &str) -> Facts {
+    Facts {
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        hostname: "web1".into(),
+        arch: "x86_64".into(),
+        current_system: Some(current.into()).filter(|s: &String| !s.is_empty()),
+        booted_system: Some(current.into()),
+        profile_system: Some(profile.into()),
+        profile_generation: Some(1),
+        boot_id: "boot1".into(),
+        ..Facts::default()
+    }
+}
+
+fn old() -> StorePath {
+    StorePath::new(OLD).unwrap()
+}
+
+fn refused(outcome: Result<Start, Outcome>) -> Refusal {
+    match outcome {
+        Err(Outcome::Refused { reason }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn start_refuses_a_host_that_is_not_the_one_meant_before_anything_else() {
+    let mut f = facts(OLD, OLD);
+    f.machine_id = "ffffffffffffffffffffffffffffffff".into();
+    f.missing_tools = vec!["flock".into()];
+    assert!(matches!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::Identity {
+            problem: IdentityProblem::MachineId { .. }
+        }
+    ));
+    let mut f = facts(OLD, OLD);
+    f.arch = "aarch64".into();
+    assert!(matches!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::Identity {
+            problem: IdentityProblem::Architecture { .. }
+        }
+    ));
+}
+
+#[test]
+fn start_refuses_missing_tools_another_deploy_and_no_current_system() {
+    let mut f = facts(OLD, OLD);
+    f.missing_tools = vec!["flock".into()];
+    assert_eq!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::MissingTools {
+            tools: vec!["flock".into()]
+        }
+    );
+    let mut f = facts(OLD, OLD);
+    f.busy_with = Some("20260101T000000-aa".into());
+    assert_eq!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::AnotherDeploy {
+            deploy_id: "20260101T000000-aa".into()
+        }
+    );
+    assert_eq!(
+        refused(start(&job(Goal::Switch), &facts("", OLD))),
+        Refusal::NoCurrentSystem
+    );
+}
+
+#[test]
+fn start_picks_the_path_each_goal_and_state_needs() {
+    let cases = [
+        // goal, current, profile -> plan (None: unchanged)
+        (Goal::Switch, OLD, OLD, Some(Plan::Trial)),
+        (Goal::Test, OLD, OLD, Some(Plan::Trial)),
+        (Goal::Boot, OLD, OLD, Some(Plan::SetBootDefault)),
+        (Goal::DryActivate, OLD, OLD, Some(Plan::DryActivate)),
+        (Goal::Switch, NEW, NEW, None),
+        (Goal::Test, NEW, OLD, None),
+        (Goal::Switch, NEW, OLD, Some(Plan::PersistOnly)),
+    ];
+    for (goal, current, profile, plan) in cases {
+        let result = start(&job(goal), &facts(current, profile));
+        match plan {
+            Some(plan) => {
+                let s = result.unwrap();
+                assert_eq!(s.plan, plan, "{goal:?} {current} {profile}");
+                assert_eq!(s.old.as_str(), current);
+            }
+            None => assert_eq!(result, Err(Outcome::Unchanged), "{goal:?} {current}"),
+        }
+    }
+}
+
+#[test]
+fn a_system_already_in_the_hosts_store_is_not_copied() {
+    let mut f = facts(OLD, OLD);
+    assert!(start(&job(Goal::Switch), &f).unwrap().copy);
+    f.has_new_system = true;
+    assert!(!start(&job(Goal::Switch), &f).unwrap().copy);
+    let mut j = job(Goal::Switch);
+    j.source = SystemSource::OnTarget;
+    assert!(!start(&j, &facts(OLD, OLD)).unwrap().copy);
+}
+
+#[test]
+fn a_host_key_mismatch_in_the_preflight_is_an_identity_refusal() {
+    assert!(matches!(
+        preflight_failed(CallError::Remote(RemoteError::HostKey("x".into()))),
+        Outcome::Refused {
+            reason: Refusal::Identity {
+                problem: IdentityProblem::HostKey { .. }
+            }
+        }
+    ));
+    assert!(matches!(
+        preflight_failed(CallError::Remote(RemoteError::Unreachable("x".into()))),
+        Outcome::Failed {
+            reason: Failure::Preflight { .. }
+        }
+    ));
+}
+
+#[test]
+fn arming_that_did_not_arm_ends_the_deploy_with_nothing_activated() {
+    assert_eq!(after_arm(&ArmResult::Armed, &old()), None);
+    assert!(matches!(
+        after_arm(&ArmResult::Busy("d".into()), &old()),
+        Some(Outcome::Refused {
+            reason: Refusal::AnotherDeploy { .. }
+        })
+    ));
+    assert_eq!(
+        after_arm(&ArmResult::Changed(String::new()), &old()),
+        Some(Outcome::Refused {
+            reason: Refusal::SystemChanged {
+                saw: OLD.into(),
+                now: None
+            }
+        })
+    );
+    assert!(matches!(
+        after_arm(&ArmResult::MissingTool("flock".into()), &old()),
+        Some(Outcome::Refused {
+            reason: Refusal::GuardTool { .. }
+        })
+    ));
+    assert_eq!(
+        after_arm(&ArmResult::Failed, &old()),
+        Some(Outcome::Failed {
+            reason: Failure::GuardNotStarted
+        })
+    );
+}
+
+fn armed(exit_code: Option<i32>) -> ArmReport {
+    ArmReport {
+        arm: ArmResult::Armed,
+        exit_code,
+        lease_renewed: exit_code == Some(0),
+        first_look: None,
+    }
+}
+
+#[test]
+fn the_activations_session_decides_what_follows() {
+    assert_eq!(
+        after_activation(Ok(armed(Some(0))), true, &old()),
+        Activated::Ended {
+            first_look: None,
+            lease_renewed: true
+        }
+    );
+    assert_eq!(
+        after_activation(Ok(armed(Some(4))), true, &old()),
+        Activated::Abandon(TrialProblem::ActivationFailed { exit_code: Some(4) })
+    );
+    assert_eq!(
+        after_activation(
+            Err(CallError::Remote(RemoteError::Timeout(
+                Duration::from_secs(4)
+            ))),
+            true,
+            &old()
+        ),
+        Activated::Abandon(TrialProblem::ActivationTimedOut { seconds: 4 })
+    );
+    let lost = || CallError::Remote(RemoteError::Unreachable("broken pipe".into()));
+    assert!(matches!(
+        after_activation(Err(lost()), false, &old()),
+        Activated::LostArming(TrialProblem::SessionLostArming { .. })
+    ));
+    assert!(matches!(
+        after_activation(Err(lost()), true, &old()),
+        Activated::LostSession(_)
+    ));
+    assert!(matches!(
+        after_activation(
+            Err(CallError::Parse {
+                error: ParseError("x".into()),
+                stderr_tail: String::new()
+            }),
+            false,
+            &old()
+        ),
+        Activated::Done(Outcome::Failed {
+            reason: Failure::Arming { .. }
+        })
+    ));
+}
+
+fn confirm_report(result: ConfirmResult, state: GuardState) -> ConfirmReport {
+    ConfirmReport {
+        result,
+        machine_id: "m".into(),
+        current_system: Some(NEW.into()),
+        boot_id: "boot1".into(),
+        state,
+        persist: None,
+    }
+}
+
+#[test]
+fn a_confirmation_attempt_confirms_retries_or_ends_the_trial() {
+    use ConfirmResult as R;
+    use GuardState as S;
+    let cases = [
+        (R::Confirmed, S::Confirmed, ConfirmStep::Confirmed(None)),
+        // Our earlier attempt confirmed; its answer was lost.
+        (R::TooLate, S::Confirmed, ConfirmStep::Confirmed(None)),
+        (R::TooLate, S::Finished, ConfirmStep::Confirmed(None)),
+        (R::TooLate, S::RolledBack, ConfirmStep::TooLate),
+        (R::NoTrial, S::Missing, ConfirmStep::TooLate),
+        (R::BadToken, S::Armed, ConfirmStep::BadToken),
+        (
+            R::NotRunningNew,
+            S::Armed,
+            ConfirmStep::Retry(ConfirmAttempt::NotRunningNew {
+                current: Some(NEW.into()),
+            }),
+        ),
+    ];
+    for (result, state, step) in cases {
+        assert_eq!(
+            confirm_attempt(Ok(confirm_report(result.clone(), state.clone()))),
+            step,
+            "{result:?} {state:?}"
+        );
+    }
+    assert!(matches!(
+        confirm_attempt(Err(CallError::Remote(RemoteError::Unreachable(
+            "refused".into()
+        )))),
+        ConfirmStep::Retry(ConfirmAttempt::Unanswered { .. })
+    ));
+}
+
+fn persist_report(profile_set: bool, boot_rc: Option<i32>) -> PersistReport {
+    PersistReport {
+        profile_set,
+        boot_rc,
+        generation: Some(2),
+    }
+}
+
+#[test]
+fn persisted_only_when_profile_and_boot_loader_both_took_it() {
+    assert_eq!(
+        persisted(Ok(persist_report(true, Some(0))), ""),
+        Outcome::Confirmed {
+            generation: Some(2),
+            persisted: true
+        }
+    );
+    for (profile, rc) in [(true, Some(1)), (false, None), (true, None)] {
+        assert!(
+            matches!(
+                persisted(Ok(persist_report(profile, rc)), "boom"),
+                Outcome::ConfirmedNotPersisted {
+                    reason: NotPersisted::Failed { .. }
+                }
+            ),
+            "{profile} {rc:?}"
+        );
+    }
+    assert!(matches!(
+        persisted(Err(ParseError("x".into())), ""),
+        Outcome::ConfirmedNotPersisted {
+            reason: NotPersisted::NoReport { .. }
+        }
+    ));
+    assert_eq!(
+        boot_default_set(Ok(persist_report(true, Some(0))), ""),
+        Outcome::BootDefaultSet {
+            generation: Some(2)
+        }
+    );
+    assert!(matches!(
+        boot_default_set(Ok(persist_report(true, Some(1))), ""),
+        Outcome::Failed {
+            reason: Failure::BootDefault { .. }
+        }
+    ));
+}
+
+#[test]
+fn a_renewal_renews_while_the_trial_is_on_and_stops_when_the_guard_left() {
+    assert_eq!(after_renewal(&Ok(GuardState::Armed)), Renewal::Renewed);
+    assert_eq!(after_renewal(&Ok(GuardState::Confirmed)), Renewal::Renewed);
+    assert_eq!(
+        after_renewal(&Ok(GuardState::RolledBack)),
+        Renewal::GuardLeft(GuardState::RolledBack)
+    );
+    assert_eq!(
+        after_renewal(&Err(CallError::Remote(RemoteError::Unreachable(
+            "x".into()
+        )))),
+        Renewal::NoAnswer
+    );
+}
+
+fn inspection(state: GuardState, current: &str, boot_id: &str) -> Inspection {
+    Inspection {
+        current_system: Some(current.into()),
+        boot_id: boot_id.into(),
+        state,
+        cause: None,
+        activation_rc: None,
+        rollback_rc: None,
+        profile_system: Some(OLD.into()),
+        profile_generation: Some(1),
+    }
+}
+
+fn why() -> TrialProblem {
+    TrialProblem::ConfirmTooLate
+}
+
+#[test]
+fn an_inspection_says_how_the_trial_ended() {
+    let j = job(Goal::Switch);
+    let verdict = |i: &Inspection| after_inspection(i, "boot1", &old(), &j, &why());
+    assert!(matches!(
+        verdict(&inspection(GuardState::RolledBack, OLD, "boot1")),
+        Verdict::Done(Outcome::RolledBack {
+            reason: RollbackReason::ByGuard { guard: None, .. }
+        })
+    ));
+    let mut lapsed = inspection(GuardState::RolledBack, OLD, "boot1");
+    lapsed.cause = Some(GuardCause::LeaseExpired);
+    assert!(matches!(
+        verdict(&lapsed),
+        Verdict::Done(Outcome::RolledBack {
+            reason: RollbackReason::ByGuard {
+                guard: Some(GuardCause::LeaseExpired),
+                ..
+            }
+        })
+    ));
+    // Asked for by tether: `why` says it all.
+    lapsed.cause = Some(GuardCause::Requested);
+    assert!(matches!(
+        verdict(&lapsed),
+        Verdict::Done(Outcome::RolledBack {
+            reason: RollbackReason::ByGuard { guard: None, .. }
+        })
+    ));
+    assert!(matches!(
+        verdict(&inspection(GuardState::RollbackFailed, NEW, "boot1")),
+        Verdict::Done(Outcome::Unknown {
+            reason: UnknownReason::RollbackFailed { .. }
+        })
+    ));
+    assert!(matches!(
+        verdict(&inspection(GuardState::Missing, OLD, "boot2")),
+        Verdict::Done(Outcome::RolledBack {
+            reason: RollbackReason::Rebooted { .. }
+        })
+    ));
+    assert!(matches!(
+        verdict(&inspection(GuardState::Missing, NEW, "boot2")),
+        Verdict::Done(Outcome::Unknown {
+            reason: UnknownReason::RebootedOnOther { .. }
+        })
+    ));
+    assert!(matches!(
+        verdict(&inspection(GuardState::Missing, OLD, "boot1")),
+        Verdict::Done(Outcome::Failed {
+            reason: Failure::NotArmed { .. }
+        })
+    ));
+    assert!(matches!(
+        verdict(&inspection(GuardState::Missing, NEW, "boot1")),
+        Verdict::Done(Outcome::Unknown {
+            reason: UnknownReason::StateVanished { .. }
+        })
+    ));
+    assert_eq!(
+        verdict(&inspection(GuardState::Confirmed, NEW, "boot1")),
+        Verdict::Persist
+    );
+    assert!(matches!(
+        verdict(&inspection(GuardState::RollingBack, NEW, "boot1")),
+        Verdict::Wait(_)
+    ));
+}
+
+#[test]
+fn a_finished_trial_counts_as_persisted_only_when_the_profile_has_the_new_system() {
+    let j = job(Goal::Switch);
+    let mut i = inspection(GuardState::Finished, NEW, "boot1");
+    assert!(matches!(
+        after_inspection(&i, "boot1", &old(), &j, &why()),
+        Verdict::Done(Outcome::ConfirmedNotPersisted {
+            reason: NotPersisted::ProfileElsewhere { .. }
+        })
+    ));
+    i.profile_system = Some(NEW.into());
+    assert_eq!(
+        after_inspection(&i, "boot1", &old(), &j, &why()),
+        Verdict::Done(Outcome::Confirmed {
+            generation: Some(1),
+            persisted: true
+        })
+    );
+    // Goal test never persists.
+    assert_eq!(
+        after_inspection(
+            &inspection(GuardState::Confirmed, NEW, "boot1"),
+            "boot1",
+            &old(),
+            &job(Goal::Test),
+            &why()
+        ),
+        Verdict::Done(Outcome::Confirmed {
+            generation: None,
+            persisted: false
+        })
+    );
+}
+
+#[test]
+fn after_a_reboot_the_host_must_boot_and_run_the_new_system() {
+    let new = StorePath::new(NEW).unwrap();
+    assert_eq!(after_reboot(NEW, NEW, &new), None);
+    assert!(matches!(
+        after_reboot(OLD, OLD, &new),
+        Some(Outcome::Unhealthy {
+            reason: Unhealthy::BootedOther { .. }
+        })
+    ));
+}
+
+#[test]
+fn reasons_read_as_sentences() {
+    let failures = vec![CheckFailure {
+        check: "web".into(),
+        kind: CheckType::Http,
+        attempts: 2,
+        detail: "GET http://x/ answered 500".into(),
+    }];
+    let cases: Vec<(Outcome, &str)> = vec![
+        (
+            Outcome::RolledBack {
+                reason: RollbackReason::ByGuard {
+                    why: TrialProblem::ActivationFailed { exit_code: Some(4) },
+                    guard: None,
+                },
+            },
+            "activation failed: switch-to-configuration test exited 4 (a unit failed to start or is failed after the switch)",
+        ),
+        (
+            Outcome::RolledBack {
+                reason: RollbackReason::ByGuard {
+                    why: TrialProblem::LostContact {
+                        lease_seconds: 15,
+                        after: Some(Trouble::SessionLostDuringActivation),
+                    },
+                    guard: Some(GuardCause::LeaseExpired),
+                },
+            },
+            "the SSH session was lost during activation; lost contact with the host for the whole lease (15s); its guard rolls it back (guard: lease expired: the deployer did not confirm in time)",
+        ),
+        (
+            Outcome::RolledBack {
+                reason: RollbackReason::ByGuard {
+                    why: TrialProblem::ChecksFailed {
+                        seconds: 30,
+                        failures,
+                    },
+                    guard: None,
+                },
+            },
+            "health check failed within 30s: check \"web\" (http), 2 attempts: GET http://x/ answered 500",
+        ),
+        (
+            Outcome::Refused {
+                reason: Refusal::Identity {
+                    problem: IdentityProblem::HostKey {
+                        detail: "Host key verification failed.".into(),
+                    },
+                },
+            },
+            "identity: the host did not present the pinned host key (Host key verification failed.); nothing was copied or activated",
+        ),
+    ];
+    for (outcome, sentence) in cases {
+        assert_eq!(outcome.reason().unwrap(), sentence);
+    }
+}
+
+fn with_generations(gens: &[u32], profile: u32) -> HostStatus {
+    HostStatus {
+        generations: gens
+            .iter()
+            .map(|n| crate::remote::status::Generation {
+                number: *n,
+                system: format!("/nix/store/s{n}"),
+            })
+            .collect(),
+        profile_generation: Some(profile),
+        ..HostStatus::default()
+    }
+}
+
+#[test]
+fn a_rollback_goes_to_the_newest_generation_below_the_current_one() {
+    assert_eq!(
+        choose_generation(&with_generations(&[1, 3, 4], 4), None)
+            .unwrap()
+            .0,
+        3
+    );
+    assert_eq!(
+        choose_generation(&with_generations(&[1, 3, 4], 3), None)
+            .unwrap()
+            .0,
+        1
+    );
+    assert_eq!(
+        choose_generation(&with_generations(&[1, 3, 4], 4), Some(1))
+            .unwrap()
+            .1
+            .as_str(),
+        "/nix/store/s1"
+    );
+}
+
+#[test]
+fn a_missing_generation_is_refused_naming_those_that_exist() {
+    assert_eq!(
+        choose_generation(&with_generations(&[2, 3], 3), Some(1)),
+        Err(NoGeneration::Missing {
+            wanted: 1,
+            existing: vec![2, 3]
+        })
+    );
+    assert_eq!(
+        choose_generation(&with_generations(&[3], 3), None),
+        Err(NoGeneration::NoneBefore {
+            current: 3,
+            existing: vec![3]
+        })
+    );
+    assert_eq!(
+        choose_generation(&HostStatus::default(), None),
+        Err(NoGeneration::NoProfile)
+    );
+}

@@ -1,0 +1,197 @@
+//! The guard: its parameters ([`GuardSpec`]), the states a trial goes
+//! through ([`GuardState`], whose wire names are defined here once and
+//! handed to `guard.sh` and every script that reads or writes the state),
+//! and the guard script itself.
+
+use std::time::Duration;
+
+use super::journal::JournalEvent;
+use super::RUN_DIR;
+use crate::model::{DeployId, StorePath, Token};
+use crate::shell::quote;
+
+/// The guard's own logic (`guard.sh`); [`guard_script`] prepends the state
+/// and event names it uses.
+const GUARD_LOGIC: &str = include_str!("guard.sh");
+
+/// Everything the target needs to guard one trial.
+#[derive(Debug, Clone)]
+pub struct GuardSpec {
+    pub deploy_id: DeployId,
+    pub token: Token,
+    pub old_system: StorePath,
+    pub new_system: StorePath,
+    pub lease: Duration,
+    /// `user@machine` of the deployer, recorded in the target's journal.
+    pub deployer: String,
+}
+
+impl GuardSpec {
+    pub fn dir(&self) -> String {
+        format!("{RUN_DIR}/deploys/{}", self.deploy_id)
+    }
+    pub fn guard_unit(&self) -> String {
+        format!("tether-guard-{}", self.deploy_id)
+    }
+    pub fn activation_unit(&self) -> String {
+        format!("tether-activate-{}", self.deploy_id)
+    }
+    pub(crate) fn lease_secs(&self) -> u64 {
+        self.lease.as_secs().max(1)
+    }
+}
+
+/// Where a trial is, as the guard keeps it in `$dir/state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardState {
+    /// On trial: the guard rolls back when the lease lapses.
+    Armed,
+    /// Confirmed over a fresh connection; waiting for the deployer to persist.
+    Confirmed,
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
+    /// The trial ended and the deploy lock is released.
+    Finished,
+    /// No state directory: the host rebooted (or someone removed it).
+    Missing,
+    /// A state this tether does not know (a newer tether's guard).
+    Other(String),
+}
+
+impl GuardState {
+    /// The states a guard writes, with their names on the wire.
+    pub const WRITTEN: [GuardState; 6] = [
+        GuardState::Armed,
+        GuardState::Confirmed,
+        GuardState::RollingBack,
+        GuardState::RolledBack,
+        GuardState::RollbackFailed,
+        GuardState::Finished,
+    ];
+
+    /// The state's name in `$dir/state` and in script output.
+    pub fn wire(&self) -> &str {
+        match self {
+            GuardState::Armed => "armed",
+            GuardState::Confirmed => "confirmed",
+            GuardState::RollingBack => "rolling-back",
+            GuardState::RolledBack => "rolled-back",
+            GuardState::RollbackFailed => "rollback-failed",
+            GuardState::Finished => "finished",
+            GuardState::Missing => "missing",
+            GuardState::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> GuardState {
+        let s = s.trim();
+        if s.is_empty() || s == GuardState::Missing.wire() {
+            return GuardState::Missing;
+        }
+        GuardState::WRITTEN
+            .into_iter()
+            .find(|g| g.wire() == s)
+            .unwrap_or_else(|| GuardState::Other(s.to_string()))
+    }
+
+    /// The name quoted for a script.
+    pub(crate) fn quoted(&self) -> String {
+        quote(self.wire())
+    }
+
+    /// The shell variable `guard.sh` knows this state by.
+    fn variable(&self) -> String {
+        format!("S_{}", self.wire().to_uppercase().replace('-', "_"))
+    }
+}
+
+impl std::fmt::Display for GuardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wire())
+    }
+}
+
+/// Why the guard rolled a trial back, as it records it in `$dir/cause`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum GuardCause {
+    /// The deployer asked for it.
+    Requested,
+    /// The lease lapsed: nobody confirmed in time.
+    LeaseExpired,
+    /// The new system's activation exited non-zero.
+    #[serde(rename_all = "camelCase")]
+    ActivationFailed { exit_code: i32 },
+}
+
+impl GuardCause {
+    /// Parses the guard's `cause` file (`requested`, `lease-expired`,
+    /// `activation-failed N`).
+    pub fn parse(s: &str) -> Option<GuardCause> {
+        let mut words = s.split_whitespace();
+        match (words.next()?, words.next()) {
+            ("requested", None) => Some(GuardCause::Requested),
+            ("lease-expired", None) => Some(GuardCause::LeaseExpired),
+            ("activation-failed", Some(code)) => Some(GuardCause::ActivationFailed {
+                exit_code: code.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for GuardCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuardCause::Requested => f.write_str("the deployer asked for it"),
+            GuardCause::LeaseExpired => {
+                f.write_str("lease expired: the deployer did not confirm in time")
+            }
+            GuardCause::ActivationFailed { exit_code } => {
+                write!(f, "activation exited {exit_code}")
+            }
+        }
+    }
+}
+
+/// The guard script as written to the target: the state and journal event
+/// names as shell variables, then `guard.sh`.
+pub(crate) fn guard_script() -> String {
+    let mut s = String::from(
+        "# State and journal event names, from tether's GuardState and JournalEvent.\n",
+    );
+    for state in GuardState::WRITTEN {
+        s.push_str(&format!("{}={}\n", state.variable(), state.quoted()));
+    }
+    for event in JournalEvent::ALL {
+        s.push_str(&format!("{}={}\n", event.variable(), quote(event.wire())));
+    }
+    s.push_str(GUARD_LOGIC);
+    s
+}
+
+/// What NixOS's `switch-to-configuration` exit codes mean.
+pub fn activation_exit_meaning(code: i32) -> &'static str {
+    match code {
+        0 => "success",
+        1 => "error (bad arguments, or switch-to-configuration could not run)",
+        2 => "the activation script failed",
+        3 => "systemd could not be reloaded",
+        4 => "a unit failed to start or is failed after the switch",
+        100 => "switch-to-configuration refused to run",
+        _ => "unknown failure",
+    }
+}
+
+/// A shell command (needs `$dir`) that pushes the trial's lease to a full
+/// lease from now on the host's clock. No lock: the lease is only a
+/// deadline, and a bump that lands after the guard decided to roll back
+/// changes nothing. Written whole and renamed, as the guard reads it
+/// without a lock and must never see it empty.
+pub(crate) fn lease_bump(spec: &GuardSpec) -> String {
+    format!(
+        r#"{{ read -r up _ </proc/uptime && echo $(( ${{up%%.*}} + {lease} )) >"$dir/lease.new" && mv -f "$dir/lease.new" "$dir/lease"; }} 2>/dev/null"#,
+        lease = spec.lease_secs(),
+    )
+}
