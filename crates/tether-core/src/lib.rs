@@ -1,7 +1,20 @@
-//! tether's core: the deployment logic, free of processes, terminals and databases.
+//! tether's core: the deployment logic, free of processes, terminals and
+//! databases.
 //!
-//! Everything here is pure data and decisions; the `tether` crate supplies the
-//! systems (OpenSSH, the Nix CLI, the clock) through narrow traits.
+//! Everything here is data and decisions; the `tether` crate supplies the
+//! systems (OpenSSH, the Nix CLI, the clock, the journal) through the
+//! narrow traits of [`ports`]. The modules form layers, each using only the
+//! ones below it (checked by a test; docs/architecture.md):
+//!
+//! 1. [`shell`], [`text`]: quoting, and cutting text for messages;
+//! 2. [`model`]: validated values (names, addresses, keys, store paths, ids);
+//! 3. [`spec`]: what a deploy is asked to do (checks, rollout, time limits);
+//! 4. [`inventory`]: the user's hosts, validated;
+//! 5. [`remote`]: every operation on a target, its script and its parser;
+//! 6. [`report`]: outcomes, typed reasons and events;
+//! 7. [`ports`]: the narrow traits the logic talks to;
+//! 8. [`checks`], [`identity`], [`rollout`]: leaf logic;
+//! 9. [`deploy`], [`plan`]: the safe switch, fleets, and plans.
 
 pub mod checks;
 pub mod deploy;
@@ -16,3 +29,6 @@ pub mod rollout;
 pub mod shell;
 pub mod spec;
 pub mod text;
+
+#[cfg(test)]
+mod layering;

@@ -26,7 +26,8 @@ pub fn quote(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic
+// Tests may panic, and run a real `sh` to prove the quoting.
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::disallowed_types)]
 mod tests {
     use super::quote;
 
