@@ -404,9 +404,10 @@ pub struct UnitPlan {
 pub struct HostPlan {
     pub host: HostName,
     pub status: PlanStatus,
-    /// Why a host is not planned.
-    #[serde(serialize_with = "serialize_problem")]
-    pub reason: Option<PlanProblem>,
+    /// Why a host is not planned, as a sentence.
+    pub reason: Option<String>,
+    /// Why a host is not planned, typed.
+    pub cause: Option<PlanProblem>,
     /// The host already runs the new system.
     pub unchanged: bool,
     pub current_system: Option<String>,
@@ -416,17 +417,6 @@ pub struct HostPlan {
     pub closure: Option<ClosureDiff>,
     pub units: Option<UnitPlan>,
     pub duration_ms: u64,
-}
-
-/// A plan's problem as its sentence (the JSON's `reason`).
-fn serialize_problem<S: serde::Serializer>(
-    problem: &Option<PlanProblem>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match problem {
-        Some(p) => s.collect_str(p),
-        None => s.serialize_none(),
-    }
 }
 
 /// Everything needed to plan one host. The new system's closure and unit
@@ -497,6 +487,7 @@ pub async fn plan_host<T: Target>(target: &T, job: &PlanJob) -> HostPlan {
         host: job.host.clone(),
         status: PlanStatus::Planned,
         reason: None,
+        cause: None,
         unchanged: false,
         current_system: None,
         new_system: job.new_system.clone(),
@@ -510,7 +501,8 @@ pub async fn plan_host<T: Target>(target: &T, job: &PlanJob) -> HostPlan {
             PlanProblem::Identity { .. } => PlanStatus::Refused,
             PlanProblem::Step { .. } => PlanStatus::Failed,
         };
-        plan.reason = Some(problem);
+        plan.reason = Some(problem.to_string());
+        plan.cause = Some(problem);
     }
     plan
 }

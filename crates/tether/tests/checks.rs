@@ -6,6 +6,7 @@
 mod common;
 
 use common::{parse_run, Fleet};
+use serde_json::Value;
 use std::time::Duration;
 
 /// A new system for host1 with `extra` mkSystem arguments and inventory
@@ -16,12 +17,21 @@ fn host1(f: &Fleet, label: &str, extra: &str, inventory: &str) {
     ));
 }
 
-fn assert_rolled_back(f: &Fleet, run: &common::Run, old: &str) -> String {
+/// Asserts host1 was rolled back because health checks failed, and
+/// returns the failure (`check`, `kind`, `attempts`, `detail`) of `check`.
+fn assert_rolled_back(f: &Fleet, run: &common::Run, old: &str, check: &str) -> Value {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
     assert_eq!(f.current("host1"), old, "host1 is back on the old system");
     assert!(f.reachable("host1"));
-    run.reason("host1")
+    run.failed_checks("host1")
+        .into_iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("check {check} is not among the failures: {run}"))
+}
+
+fn detail(failed: &Value) -> &str {
+    failed["detail"].as_str().unwrap_or("")
 }
 
 /// Waits until the previous deploy's guard has exited and released the
@@ -52,10 +62,13 @@ fn a_service_answering_500_is_rolled_back_naming_the_http_check_and_status() {
         r#"checkTimeout = 3; checks.web = { type = "http"; port = 8080; };"#,
     );
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &old);
-    assert!(reason.contains("\"web\" (http)"), "{reason}");
-    assert!(reason.contains("status 500"), "{reason}");
-    assert!(reason.contains("internal trouble"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &old, "web");
+    assert_eq!(
+        (&failed["check"], &failed["kind"]),
+        (&"web".into(), &"http".into())
+    );
+    assert!(detail(&failed).contains("status 500"), "{failed}");
+    assert!(detail(&failed).contains("internal trouble"), "{failed}");
     assert!(run.phases("host1").contains(&"checking".to_string()));
     // Every attempt is an event.
     let attempts: Vec<_> = run
@@ -108,9 +121,9 @@ fn a_body_that_does_not_match_is_rolled_back() {
         r#"checkTimeout = 2; checks.web = { type = "http"; port = 8080; path = "/health"; bodyRegex = "^version [2-9]"; };"#,
     );
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &old);
-    assert!(reason.contains("does not match"), "{reason}");
-    assert!(reason.contains("version 1"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &old, "web");
+    assert!(detail(&failed).contains("does not match"), "{failed}");
+    assert!(detail(&failed).contains("version 1"), "{failed}");
 }
 
 #[test]
@@ -124,10 +137,19 @@ fn a_required_unit_that_is_inactive_is_rolled_back() {
         r#"checkTimeout = 2; checks.daemons = { type = "units"; units = [ "fixture-web.service" "fixture-db.service" ]; };"#,
     );
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &old);
-    assert!(reason.contains("\"daemons\" (units)"), "{reason}");
-    assert!(reason.contains("fixture-db.service (inactive)"), "{reason}");
-    assert!(!reason.contains("fixture-web.service ("), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &old, "daemons");
+    assert_eq!(
+        (&failed["check"], &failed["kind"]),
+        (&"daemons".into(), &"units".into())
+    );
+    assert!(
+        detail(&failed).contains("fixture-db.service (inactive)"),
+        "{failed}"
+    );
+    assert!(
+        !detail(&failed).contains("fixture-web.service ("),
+        "{failed}"
+    );
 }
 
 /// A host unit (not part of any fixture system) that fails before the
@@ -177,9 +199,9 @@ fn a_unit_failed_before_the_deploy_passes_failed_units_new_but_not_any() {
     );
     settle(&f);
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &new);
-    assert!(reason.contains("failedUnits"), "{reason}");
-    assert!(reason.contains("legacy.service"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &new, "failedUnits");
+    assert_eq!(failed["check"], "failedUnits");
+    assert!(detail(&failed).contains("legacy.service"), "{failed}");
 }
 
 #[test]
@@ -193,10 +215,16 @@ fn a_failing_target_command_is_rolled_back_with_its_stderr() {
         r#"checkTimeout = 2; checks.db = { type = "command"; on = "target"; command = "test -e /etc/hostname && echo \"db on $(cat /proc/sys/kernel/hostname) is down\" >&2 && exit 3"; };"#,
     );
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &old);
-    assert!(reason.contains("\"db\" (command)"), "{reason}");
-    assert!(reason.contains("exited 3 on the target"), "{reason}");
-    assert!(reason.contains("db on host1 is down"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &old, "db");
+    assert_eq!(
+        (&failed["check"], &failed["kind"]),
+        (&"db".into(), &"command".into())
+    );
+    assert!(
+        detail(&failed).contains("exited 3 on the target"),
+        "{failed}"
+    );
+    assert!(detail(&failed).contains("db on host1 is down"), "{failed}");
 }
 
 #[test]
@@ -223,9 +251,12 @@ fn deployer_commands_pass_and_fail_with_the_host_in_their_environment() {
     );
     settle(&f);
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &v2);
-    assert!(reason.contains("exited 1 on the deployer"), "{reason}");
-    assert!(reason.contains("no quorum for host1"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &v2, "local");
+    assert!(
+        detail(&failed).contains("exited 1 on the deployer"),
+        "{failed}"
+    );
+    assert!(detail(&failed).contains("no quorum for host1"), "{failed}");
 }
 
 #[test]
@@ -250,8 +281,8 @@ fn a_host_header_checks_a_name_based_virtual_host_by_ip() {
     );
     settle(&f);
     let run = f.deploy(&[]);
-    let reason = assert_rolled_back(&f, &run, &old);
-    assert!(reason.contains("status 404"), "{reason}");
+    let failed = assert_rolled_back(&f, &run, &old, "app");
+    assert!(detail(&failed).contains("status 404"), "{failed}");
 }
 
 #[test]

@@ -56,11 +56,18 @@ fn rollback_returns_to_the_previous_generation_and_forward_again() {
     let missing = run_json(&f, &["rollback", "--json", "--to", "99"]);
     assert_eq!(missing.code, 1, "{missing}");
     assert_eq!(missing.outcome("host1"), "refused", "{missing}");
-    let reason = missing.reason("host1");
-    assert!(reason.contains("generation 99 does not exist"), "{reason}");
+    let cause = missing.cause("host1");
+    assert_eq!(
+        (&cause["kind"], &cause["problem"], &cause["wanted"]),
+        (&"no-generation".into(), &"missing".into(), &99.into()),
+        "{missing}"
+    );
     assert!(
-        reason.contains(&format!("{gen_b}")),
-        "names the generations that exist: {reason}"
+        cause["existing"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(gen_b)),
+        "names the generations that exist: {missing}"
     );
     assert_eq!(f.current("host1"), b);
 }
@@ -129,10 +136,21 @@ fn history_lists_confirmed_rolled_back_and_refused_runs() {
     let out = f.tether(&["history", id, "--json"]);
     assert!(out.status.success());
     let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(detail["run"]["hosts"][0]["reason"]
-        .as_str()
+    // The journal kept the reason, and the typed cause with the outcome.
+    assert!(
+        detail["run"]["hosts"][0]["reason"].is_string(),
+        "{detail:#}"
+    );
+    let outcome = detail["events"]
+        .as_array()
         .unwrap()
-        .contains("exited 4"));
+        .iter()
+        .find(|e| e["kind"] == "outcome")
+        .unwrap();
+    assert_eq!(
+        outcome["data"]["cause"]["why"]["exitCode"], 4,
+        "{outcome:#}"
+    );
     let phases: Vec<&str> = detail["events"]
         .as_array()
         .unwrap()
@@ -231,9 +249,10 @@ fn a_host_that_never_comes_back_from_its_reboot_is_unknown_within_the_timeout() 
     let run = f.deploy(&["--reboot", "--reboot-timeout", "8"]);
     assert_eq!(run.code, 3, "{run}");
     assert_eq!(run.outcome("host1"), "unknown", "{run}");
-    let reason = run.reason("host1");
-    assert!(reason.contains("did not come back within 8s"), "{reason}");
-    assert!(reason.contains("last seen"), "{reason}");
+    let cause = run.cause("host1");
+    assert_eq!(cause["kind"], "not-back-from-reboot", "{run}");
+    assert_eq!(cause["seconds"], 8, "{run}");
+    assert!(cause["lastSeen"].is_string(), "{run}");
     // Within the timeout, on tether's own clock: from the reboot to the
     // verdict, 8 s plus at most one last 10 s attempt to reach the host.
     let at = |pred: &dyn Fn(&Value) -> bool| {

@@ -124,9 +124,9 @@ fn a_failing_unit_rolls_back_at_once() {
     let run = f.deploy(&[]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
-    let reason = run.reason("host1");
-    assert!(reason.contains("exited 4"), "{reason}");
-    assert!(reason.contains("a unit failed"), "{reason}");
+    // The activation failed with NixOS's "a unit failed" exit code.
+    assert_eq!(run.why("host1")["kind"], "activation-failed", "{run}");
+    assert_eq!(run.why("host1")["exitCode"], 4, "{run}");
     // At once: the failed activation itself started the rollback, not a
     // lapsed lease.
     let rolling_back = entry(&f.target_journal("host1"), "rolling-back").clone();
@@ -152,11 +152,8 @@ fn a_hanging_activation_times_out_and_rolls_back() {
     let run = f.deploy(&["--activation-timeout", "4"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
-    assert!(
-        run.reason("host1").contains("did not finish within 4s"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.why("host1")["kind"], "activation-timed-out", "{run}");
+    assert_eq!(run.why("host1")["seconds"], 4, "{run}");
     assert_untouched(&f, "host1", &b);
     // The hung activation was stopped, not left holding the NixOS lock.
     assert_eq!(
@@ -176,11 +173,7 @@ fn an_activation_that_stops_sshd_rolls_back() {
     let run = f.deploy(&["--confirm-timeout", "5"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
-    assert!(
-        run.reason("host1").contains("fresh SSH connection"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.why("host1")["kind"], "confirm-failed", "{run}");
     assert_untouched(&f, "host1", &b);
 }
 
@@ -245,11 +238,7 @@ fn a_host_rebooting_during_the_trial_comes_back_on_the_old_system() {
     f.lab.reboot("host1").unwrap();
     let run = live.finish();
     assert_eq!(run.outcome("host1"), "rolled-back", "{run}");
-    assert!(
-        run.reason("host1").contains("rebooted"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.cause("host1")["kind"], "rebooted", "{run}");
     assert_eq!(run.code, 1, "{run}");
     assert_untouched(&f, "host1", &b);
 }
@@ -268,11 +257,8 @@ fn swapped_addresses_in_the_inventory_are_refused_before_anything_is_copied() {
     assert_eq!(run.code, 1, "{run}");
     for (host, b) in [("host1", &b1), ("host2", &b2)] {
         assert_eq!(run.outcome(host), "refused", "{run}");
-        assert!(
-            run.reason(host).contains("pinned host key"),
-            "{}",
-            run.reason(host)
-        );
+        assert_eq!(run.cause(host)["kind"], "identity", "{run}");
+        assert_eq!(run.cause(host)["problem"], "host-key", "{run}");
         assert_eq!(run.phases(host), ["preflight"]);
         assert_untouched(&f, host, b);
     }
@@ -291,11 +277,8 @@ fn a_host_presenting_an_unpinned_key_is_refused() {
     let run = f.deploy(&["--on", "host1"]);
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "refused", "{run}");
-    assert!(
-        run.reason("host1").contains("pinned host key"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.cause("host1")["kind"], "identity", "{run}");
+    assert_eq!(run.cause("host1")["problem"], "host-key", "{run}");
     assert_untouched(&f, "host1", &b);
 }
 
@@ -312,11 +295,7 @@ fn two_deploys_to_one_host_never_overlap() {
     let second = f.deploy(&[]);
     assert_eq!(second.code, 1, "{second}");
     assert_eq!(second.outcome("host1"), "refused", "{second}");
-    assert!(
-        second.reason("host1").contains("another deploy"),
-        "{}",
-        second.reason("host1")
-    );
+    assert_eq!(second.cause("host1")["kind"], "another-deploy", "{second}");
     let first = first.finish();
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(first.outcome("host1"), "confirmed", "{first}");
@@ -342,11 +321,7 @@ fn a_link_cut_during_the_copy_fails_the_host_without_activating() {
     f.lab.heal("host1").unwrap();
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.outcome("host1"), "failed", "{run}");
-    assert!(
-        run.reason("host1").contains("copy"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.cause("host1")["kind"], "copy", "{run}");
     assert!(!run.phases("host1").contains(&"activating".to_string()));
     assert_untouched(&f, "host1", &b);
 }

@@ -193,9 +193,7 @@ fn a_host_that_is_not_who_the_inventory_says_cannot_be_planned() {
     assert_eq!(host(&doc, "host1")["unchanged"], true);
     let h2 = host(&doc, "host2");
     assert_eq!(h2["status"], "refused", "{h2:#}");
-    assert!(
-        h2["reason"].as_str().unwrap().contains("host key"),
-        "{h2:#}"
-    );
+    assert_eq!(h2["cause"]["kind"], "identity", "{h2:#}");
+    assert_eq!(h2["cause"]["problem"], "host-key", "{h2:#}");
     assert_eq!(state(&f, "host2"), before);
 }

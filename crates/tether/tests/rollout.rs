@@ -62,11 +62,7 @@ fn canary_then_batches_stop_at_the_first_failure_and_skip_the_rest() {
     }
     // The third batch never started: skipped and untouched.
     assert_eq!(run.outcome("host8"), "skipped", "{run}");
-    assert!(
-        run.reason("host8").contains("maxFailures"),
-        "{}",
-        run.reason("host8")
-    );
+    assert_eq!(run.cause("host8")["kind"], "too-many-failures", "{run}");
     assert_eq!(f.current("host8"), before["host8"]);
     assert!(
         !f.has_path("host8", &new["host8"]),
@@ -115,11 +111,7 @@ fn revert_on_failure_returns_every_host_of_the_run_to_its_old_system() {
         assert_eq!(run.outcome(&h), expected, "{run}");
         assert_eq!(f.boot_default(&h), before[&h], "{h}: boot default");
     }
-    assert!(
-        run.reason("host1").contains("revertOnFailure"),
-        "{}",
-        run.reason("host1")
-    );
+    assert_eq!(run.cause("host1")["kind"], "reverted", "{run}");
 }
 
 #[test]
@@ -230,7 +222,7 @@ fn the_first_ctrl_c_lets_hosts_in_flight_finish_and_starts_no_more() {
     assert_eq!(f.current("host1"), new["host1"]);
     for (h, old) in &before {
         assert_eq!(run.outcome(h), "skipped", "{run}");
-        assert!(run.reason(h).contains("interrupted"), "{}", run.reason(h));
+        assert_eq!(run.cause(h)["kind"], "interrupted", "{run}");
         assert_eq!(&f.current(h), old);
     }
     // No trial left armed anywhere (a finished guard exits at its next poll).

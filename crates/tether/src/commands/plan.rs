@@ -256,17 +256,11 @@ fn render(plan: &HostPlan) -> String {
         PlanStatus::Planned => "would change".to_string(),
         PlanStatus::Refused => format!(
             "refused: {}",
-            plan.reason
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "no reason given".into())
+            plan.reason.as_deref().unwrap_or("no reason given")
         ),
         PlanStatus::Failed => format!(
             "could not be planned: {}",
-            plan.reason
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "no reason given".into())
+            plan.reason.as_deref().unwrap_or("no reason given")
         ),
     };
     line(format!("{}: {head}", plan.host.as_str()));

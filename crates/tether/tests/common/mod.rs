@@ -76,6 +76,26 @@ impl Run {
             .unwrap_or("?")
             .to_string()
     }
+    /// The typed reason of a non-success (`cause` in the summary).
+    pub fn cause(&self, host: &str) -> &Value {
+        &self.host(host)["cause"]
+    }
+
+    /// Why a rolled-back host's trial ended (`cause.why`).
+    pub fn why(&self, host: &str) -> &Value {
+        let why = &self.cause(host)["why"];
+        assert!(!why.is_null(), "{host} has no cause.why: {self}");
+        why
+    }
+
+    /// The health checks that failed, when that is why the trial ended:
+    /// each with `check`, `kind`, `attempts` and `detail`.
+    pub fn failed_checks(&self, host: &str) -> Vec<Value> {
+        let why = self.why(host);
+        assert_eq!(why["kind"], "checks-failed", "{host}: {self}");
+        why["failures"].as_array().cloned().unwrap_or_default()
+    }
+
     pub fn reason(&self, host: &str) -> String {
         self.host(host)["reason"].as_str().unwrap_or("").to_string()
     }
