@@ -43,6 +43,17 @@ pub enum RemoteError {
     Other(String),
 }
 
+/// Which stream of a script a line came from: stdout carries the
+/// operation's protocol, stderr everything the target itself printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives a script's output lines as they arrive.
+pub type OnLine<'a> = &'a dyn Fn(Stream, &str);
+
 /// One target host.
 pub trait Target {
     /// Runs one operation's POSIX sh script on the host over `conn`,
@@ -53,7 +64,7 @@ pub trait Target {
         script: &Script,
         conn: Conn,
         timeout: Duration,
-        on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<OnLine<'_>>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>>;
 
     /// Copies a closure into the host's store.
@@ -72,7 +83,7 @@ impl<T: Target + ?Sized> Target for &T {
         script: &Script,
         conn: Conn,
         timeout: Duration,
-        on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<OnLine<'_>>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
         (**self).run(script, conn, timeout, on_line)
     }
@@ -119,7 +130,7 @@ pub async fn call_streaming<T: Target + ?Sized, O: Operation>(
     op: &O,
     conn: Conn,
     timeout: Duration,
-    on_line: Option<&dyn Fn(&str)>,
+    on_line: Option<OnLine<'_>>,
 ) -> Result<(O::Output, ScriptOutput), CallError> {
     let out = target.run(&op.request(), conn, timeout, on_line).await?;
     match op.parse(&out) {

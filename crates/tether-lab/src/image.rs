@@ -31,7 +31,7 @@ const MASKED: &[&str] = &[
 ];
 /// Bump when the customisation code below changes in a way the hashed
 /// inputs do not show.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// The fixture's stage-2 emulation, installed into the image.
 fn stage2_script() -> Result<String> {
@@ -169,5 +169,17 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
     fs::create_dir_all(root.join("root/.ssh"))?;
     fs::set_permissions(root.join("root/.ssh"), fs::Permissions::from_mode(0o700))?;
     fs::create_dir_all(root.join("boot"))?;
+    // As on NixOS, the running and the booted system are garbage-collector
+    // roots (NixOS makes these links with systemd-tmpfiles).
+    let gcroots = root.join("nix/var/nix/gcroots");
+    fs::create_dir_all(&gcroots)?;
+    for (link, to) in [
+        ("current-system", "/run/current-system"),
+        ("booted-system", "/run/booted-system"),
+    ] {
+        let path = gcroots.join(link);
+        let _ = fs::remove_file(&path);
+        symlink(to, &path)?;
+    }
     Ok(())
 }

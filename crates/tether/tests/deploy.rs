@@ -395,9 +395,11 @@ fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
         deploy_id: DeployId::new("20261121T000000", "c0ffee").unwrap(),
         token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
         // What a stale preflight would have seen: not what the host runs.
+        current_system: StorePath::new(&other).unwrap(),
         old_system: StorePath::new(&other).unwrap(),
         new_system: StorePath::new(&other).unwrap(),
         lease: Duration::from_secs(15),
+        rollback_limit: Duration::from_secs(300),
         deployer: "test@lab".into(),
     };
     let op = ArmAndActivate {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::model::{Address, StorePath};
-use crate::ports::{CommandOutput, RemoteError, ScriptOutput};
+use crate::ports::{CommandOutput, OnLine, RemoteError, ScriptOutput};
 use crate::remote::{Op, Script};
 use crate::spec::{CommandCheck, TcpCheck};
 use std::cell::{Cell, RefCell};
@@ -50,7 +50,7 @@ impl Target for FakeTarget {
         script: &Script,
         _conn: Conn,
         _timeout: Duration,
-        _on_line: Option<&dyn Fn(&str)>,
+        _on_line: Option<OnLine<'_>>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
         self.scripts.borrow_mut().push(script.op);
         let out = match script.op {

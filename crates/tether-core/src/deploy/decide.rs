@@ -7,8 +7,9 @@ use crate::identity::{self, Expected, Seen};
 use crate::model::{Goal, StorePath};
 use crate::ports::{CallError, RemoteError};
 use crate::remote::{
-    status::HostStatus, ArmReport, ArmResult, ConfirmReport, ConfirmResult, Facts, GuardCause,
-    GuardState, Inspection, ParseError, PersistReport, SystemStateLook,
+    status::HostStatus, ActivationState, ArmReport, ArmResult, ConfirmReport, ConfirmResult, Facts,
+    GuardCause, GuardLife, GuardState, Inspection, ParseError, PersistReport, Renewal,
+    SystemStateLook,
 };
 use crate::report::{
     ConfirmAttempt, Failure, IdentityProblem, NoGeneration, NotPersisted, Outcome, PersistProblem,
@@ -38,7 +39,11 @@ pub fn preflight_failed(error: CallError) -> Outcome {
 /// What the deploy does once the preflight answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Start {
-    /// The system the host runs now: what a rollback returns to.
+    /// The system the host runs now (arming checks it still does).
+    pub current: StorePath,
+    /// The system a rollback returns to: the current one, or, when the
+    /// host already runs the new system (activated by hand), the one it
+    /// boots by default.
     pub old: StorePath,
     /// The closure must be copied first.
     pub copy: bool,
@@ -52,15 +57,14 @@ pub enum Plan {
     DryActivate,
     /// Goal boot: set profile and boot default, activate nothing.
     SetBootDefault,
-    /// Goal switch, and the host already runs the new system (an earlier
-    /// `test`): only persist.
-    PersistOnly,
     /// Goal switch or test: the guarded trial.
     Trial,
 }
 
 /// Decides, from the preflight's facts, whether and how to deploy; an
 /// `Err` is the host's outcome (refused, or nothing to do).
+// An outcome is made once per host; its size is of no consequence.
+#[allow(clippy::result_large_err)]
 pub fn start(job: &HostJob, facts: &Facts) -> Result<Start, Outcome> {
     let refuse = |reason| Outcome::Refused { reason };
     let expected = Expected {
@@ -82,45 +86,90 @@ pub fn start(job: &HostJob, facts: &Facts) -> Result<Start, Outcome> {
             deploy_id: other.clone(),
         }));
     }
-    let Some(old) = facts.current_system.as_deref().and_then(StorePath::new) else {
+    if let Some(holder) = &facts.switch_lock {
+        return Err(refuse(Refusal::SwitchLockHeld {
+            holder: holder.clone(),
+        }));
+    }
+    let Some(current) = facts.current_system.as_deref().and_then(StorePath::new) else {
         return Err(refuse(Refusal::NoCurrentSystem));
     };
     let new = job.new_system.as_str();
-    let runs_new = facts.current_system.as_deref() == Some(new);
-    let boots_new = facts.profile_system.as_deref() == Some(new);
-    if runs_new && (boots_new || !job.goal.persists()) {
-        return Err(Outcome::Unchanged);
+    let copy = job.source == SystemSource::Copy && !facts.has_new_system;
+    if current.as_str() != new {
+        let plan = match job.goal {
+            Goal::DryActivate => Plan::DryActivate,
+            Goal::Boot => Plan::SetBootDefault,
+            Goal::Switch | Goal::Test => Plan::Trial,
+        };
+        return Ok(Start {
+            old: current.clone(),
+            current,
+            copy,
+            plan,
+        });
     }
-    let plan = match job.goal {
-        Goal::DryActivate => Plan::DryActivate,
-        Goal::Boot => Plan::SetBootDefault,
-        Goal::Switch if runs_new => Plan::PersistOnly,
-        Goal::Switch | Goal::Test => Plan::Trial,
-    };
-    Ok(Start {
-        old,
-        copy: job.source == SystemSource::Copy && !facts.has_new_system,
-        plan,
-    })
+    // It already runs the new system (someone ran `switch-to-configuration
+    // test` by hand, or an earlier `--goal test`). Nothing to do unless the
+    // goal persists and it is not persisted yet; then it must pass the
+    // whole trial before it is, and a rollback returns to what it boots.
+    let boots = facts
+        .boot_default
+        .as_ref()
+        .and_then(|d| d.system.clone())
+        .or_else(|| facts.profile_system.clone());
+    let persisted = facts.profile_system.as_deref() == Some(new) && boots.as_deref() == Some(new);
+    match job.goal {
+        Goal::Test | Goal::DryActivate => Err(Outcome::Unchanged),
+        Goal::Switch | Goal::Boot if persisted => Err(Outcome::Unchanged),
+        Goal::Boot => Ok(Start {
+            old: current.clone(),
+            current,
+            copy,
+            plan: Plan::SetBootDefault,
+        }),
+        Goal::Switch => {
+            let Some(old) = boots
+                .as_deref()
+                .filter(|b| *b != new)
+                .and_then(StorePath::new)
+            else {
+                return Err(refuse(Refusal::NothingToReturnTo {
+                    current: current.to_string(),
+                }));
+            };
+            Ok(Start {
+                current,
+                old,
+                copy,
+                plan: Plan::Trial,
+            })
+        }
+    }
 }
 
 /// Whether a refused or failed arming ends the deploy (`Some`: nothing was
-/// activated). `old` is the system the guard would return to.
-pub fn after_arm(arm: &ArmResult, old: &StorePath) -> Option<Outcome> {
+/// activated). `current` is the system the preflight saw.
+pub fn after_arm(arm: &ArmResult, current: &StorePath) -> Option<Outcome> {
     let refuse = |reason| Some(Outcome::Refused { reason });
+    let fail = |reason| Some(Outcome::Failed { reason });
     match arm {
         ArmResult::Armed => None,
         ArmResult::Busy(other) => refuse(Refusal::AnotherDeploy {
             deploy_id: other.clone(),
         }),
         ArmResult::Changed(now) => refuse(Refusal::SystemChanged {
-            saw: old.to_string(),
+            saw: current.to_string(),
             now: (!now.is_empty()).then(|| now.clone()),
         }),
         ArmResult::MissingTool(tool) => refuse(Refusal::GuardTool { tool: tool.clone() }),
-        ArmResult::Failed => Some(Outcome::Failed {
-            reason: Failure::GuardNotStarted,
+        ArmResult::LockTimeout => refuse(Refusal::ArmLockTimeout),
+        ArmResult::Untrusted => refuse(Refusal::UntrustedRunDir),
+        ArmResult::Failed(detail) => fail(Failure::GuardNotStarted {
+            detail: detail.clone(),
         }),
+        ArmResult::GuardDied => fail(Failure::GuardDied),
+        ArmResult::Expired => fail(Failure::ArmExpired),
     }
 }
 
@@ -138,7 +187,8 @@ pub enum Activated {
     /// The session broke before the arm result: whether a guard is armed
     /// is for the host to tell.
     LostArming(TrialProblem),
-    /// The session broke during the activation, which runs on in its unit.
+    /// The session broke during the activation, which runs on in its unit:
+    /// wait for its end on the host.
     LostSession(RemoteError),
     /// Nothing was activated; this is the host's outcome.
     Done(Outcome),
@@ -149,11 +199,11 @@ pub enum Activated {
 pub fn after_activation(
     result: Result<ArmReport, CallError>,
     armed: bool,
-    old: &StorePath,
+    current: &StorePath,
 ) -> Activated {
     match result {
         Ok(report) => {
-            if let Some(done) = after_arm(&report.arm, old) {
+            if let Some(done) = after_arm(&report.arm, current) {
                 return Activated::Done(done);
             }
             match report.exit_code {
@@ -161,6 +211,12 @@ pub fn after_activation(
                     first_look: report.first_look,
                     lease_renewed: report.lease_renewed,
                 },
+                exit_code if report.switch_locked => Activated::Done(Outcome::Failed {
+                    reason: Failure::SwitchLockTaken {
+                        exit_code,
+                        holder: None,
+                    },
+                }),
                 exit_code => Activated::Abandon(TrialProblem::ActivationFailed { exit_code }),
             }
         }
@@ -183,6 +239,49 @@ pub fn after_activation(
     }
 }
 
+/// Where a trial whose activation's session was lost stands, from one
+/// renewal over a fresh connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Still activating (or no answer): look again.
+    Wait,
+    /// The activation exited 0: the checks may start.
+    Ended,
+    /// Give up on the trial and ask the guard to roll back.
+    Abandon(TrialProblem),
+    /// The guard left the trial by itself.
+    GuardLeft(GuardState),
+    /// Nothing was activated; this is the host's outcome.
+    Done(Outcome),
+}
+
+pub fn activation_progress(renewal: &Renewal) -> Progress {
+    match &renewal.state {
+        GuardState::Armed => {}
+        // Our own confirmation cannot have happened: it needs the end.
+        other => return Progress::GuardLeft(other.clone()),
+    }
+    match &renewal.activation {
+        Some(ActivationState::Exited { code: 0, .. }) => Progress::Ended,
+        Some(ActivationState::Exited {
+            code,
+            switch_locked: true,
+        }) => Progress::Done(Outcome::Failed {
+            reason: Failure::SwitchLockTaken {
+                exit_code: Some(*code),
+                holder: None,
+            },
+        }),
+        Some(ActivationState::Exited { code, .. }) => {
+            Progress::Abandon(TrialProblem::ActivationFailed {
+                exit_code: Some(*code),
+            })
+        }
+        Some(ActivationState::Died) => Progress::Abandon(TrialProblem::ActivationDied),
+        Some(ActivationState::Running | ActivationState::NotStarted) | None => Progress::Wait,
+    }
+}
+
 /// What one confirmation attempt means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfirmStep {
@@ -192,6 +291,8 @@ pub enum ConfirmStep {
     Retry(ConfirmAttempt),
     /// The guard had already left the trial.
     TooLate,
+    /// The activation failed after all: the guard rolls back.
+    ActivationFailed(Option<i32>),
     /// The trial on the host is not this deploy's.
     BadToken,
 }
@@ -209,7 +310,10 @@ pub fn confirm_attempt(result: Result<ConfirmReport, CallError>) -> ConfirmStep 
         ConfirmResult::Confirmed => ConfirmStep::Confirmed(report.persist),
         // Our own earlier attempt confirmed, but its answer was lost.
         ConfirmResult::TooLate
-            if matches!(report.state, GuardState::Confirmed | GuardState::Finished) =>
+            if matches!(
+                report.state,
+                GuardState::Confirmed | GuardState::Finished | GuardState::PersistFailed
+            ) =>
         {
             ConfirmStep::Confirmed(report.persist)
         }
@@ -218,13 +322,24 @@ pub fn confirm_attempt(result: Result<ConfirmReport, CallError>) -> ConfirmStep 
         ConfirmResult::NotRunningNew => ConfirmStep::Retry(ConfirmAttempt::NotRunningNew {
             current: report.current_system,
         }),
+        ConfirmResult::ActivationRunning => ConfirmStep::Retry(ConfirmAttempt::ActivationRunning),
+        ConfirmResult::LockTimeout => ConfirmStep::Retry(ConfirmAttempt::Unanswered {
+            error: "the trial's state lock stayed taken".into(),
+        }),
+        ConfirmResult::ActivationFailed(code) => ConfirmStep::ActivationFailed(code),
     }
 }
 
-/// The outcome of a confirmed host from what persisting printed.
-pub fn persisted(report: Result<PersistReport, ParseError>, stderr: &str) -> Outcome {
+/// The outcome of a confirmed host of `system` from what persisting
+/// printed: persisted only when the profile and the boot default, read
+/// back, both point at it.
+pub fn persisted(
+    report: Result<PersistReport, ParseError>,
+    system: &StorePath,
+    stderr: &str,
+) -> Outcome {
     match report {
-        Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::Confirmed {
+        Ok(r) if r.is_persisted(system) => Outcome::Confirmed {
             generation: r.generation,
             persisted: true,
         },
@@ -245,14 +360,19 @@ fn persist_problem(r: &PersistReport, stderr: &str) -> PersistProblem {
     PersistProblem {
         profile_set: r.profile_set,
         boot_exit_code: r.boot_rc,
+        boot_default: r.boot_default.as_ref().and_then(|d| d.system.clone()),
         stderr_tail: tail(stderr, 3),
     }
 }
 
 /// Goal boot: the outcome of setting the profile and boot default.
-pub fn boot_default_set(result: Result<PersistReport, CallError>, stderr: &str) -> Outcome {
+pub fn boot_default_set(
+    result: Result<PersistReport, CallError>,
+    system: &StorePath,
+    stderr: &str,
+) -> Outcome {
     match result {
-        Ok(r) if r.profile_set && r.boot_rc == Some(0) => Outcome::BootDefaultSet {
+        Ok(r) if r.is_persisted(system) => Outcome::BootDefaultSet {
             generation: r.generation,
         },
         Ok(r) => Outcome::Failed {
@@ -270,20 +390,37 @@ pub fn boot_default_set(result: Result<PersistReport, CallError>, stderr: &str) 
 
 /// What the lease keeper does after one renewal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Renewal {
+pub enum Renewed {
     /// The lease was extended.
     Renewed,
-    /// The guard left the trial by itself: stop, and learn how it ended.
+    /// The guard was gone and was started again.
+    GuardRestarted,
+    /// The guard left the trial by itself (it rolled back, or the trial's
+    /// state is gone): stop, and learn how it ended.
     GuardLeft(GuardState),
+    /// The guard is gone and could not be started again.
+    GuardDead,
     /// No usable answer; try again (until a whole lease has passed).
     NoAnswer,
 }
 
-pub fn after_renewal(result: &Result<GuardState, CallError>) -> Renewal {
-    match result {
-        Ok(GuardState::Armed | GuardState::Confirmed) => Renewal::Renewed,
-        Ok(state) => Renewal::GuardLeft(state.clone()),
-        Err(_) => Renewal::NoAnswer,
+/// A renewal's meaning for the lease keeper. A confirmed or persisted
+/// trial is the trial's own business: the keeper only keeps its lease, so
+/// a renewal that happens to see `finished` never decides the outcome.
+pub fn after_renewal(result: &Result<Renewal, CallError>) -> Renewed {
+    let Ok(r) = result else {
+        return Renewed::NoAnswer;
+    };
+    match &r.state {
+        GuardState::Armed
+        | GuardState::Confirmed
+        | GuardState::Finished
+        | GuardState::PersistFailed => match r.guard {
+            GuardLife::Alive => Renewed::Renewed,
+            GuardLife::Restarted => Renewed::GuardRestarted,
+            GuardLife::Dead => Renewed::GuardDead,
+        },
+        other => Renewed::GuardLeft(other.clone()),
     }
 }
 
@@ -310,6 +447,7 @@ pub fn after_inspection(
     let current = i.current_system.clone().unwrap_or_default();
     let why = why.clone();
     let done = Verdict::Done;
+    let new = job.new_system.as_str();
     match &i.state {
         GuardState::RolledBack => done(Outcome::RolledBack {
             reason: RollbackReason::ByGuard {
@@ -323,6 +461,16 @@ pub fn after_inspection(
                 why,
                 exit_code: i.rollback_rc,
                 current,
+                switch_lock: i.switch_lock.clone(),
+            },
+        }),
+        GuardState::NotActivated => done(Outcome::Failed {
+            reason: Failure::SwitchLockTaken {
+                exit_code: match i.activation {
+                    Some(ActivationState::Exited { code, .. }) => Some(code),
+                    _ => None,
+                },
+                holder: i.switch_lock.clone(),
             },
         }),
         GuardState::Missing if i.boot_id != boot_id => {
@@ -345,24 +493,36 @@ pub fn after_inspection(
             reason: UnknownReason::StateVanished { why, current },
         }),
         GuardState::Confirmed if job.goal == Goal::Switch => Verdict::Persist,
-        GuardState::Confirmed => done(Outcome::Confirmed {
-            generation: None,
-            persisted: false,
-        }),
-        GuardState::Finished
-            if job.goal != Goal::Switch
-                || i.profile_system.as_deref() == Some(job.new_system.as_str()) =>
-        {
+        GuardState::Confirmed | GuardState::Finished if job.goal != Goal::Switch => {
             done(Outcome::Confirmed {
-                generation: i.profile_generation.filter(|_| job.goal == Goal::Switch),
-                persisted: job.goal == Goal::Switch,
+                generation: None,
+                persisted: false,
             })
         }
-        GuardState::Finished => done(Outcome::ConfirmedNotPersisted {
+        GuardState::Finished => {
+            let boots = i.boot_default.as_ref().and_then(|d| d.system.as_deref());
+            if i.profile_system.as_deref() == Some(new) && boots == Some(new) {
+                done(Outcome::Confirmed {
+                    generation: i.profile_generation,
+                    persisted: true,
+                })
+            } else {
+                done(Outcome::ConfirmedNotPersisted {
+                    reason: NotPersisted::ProfileElsewhere {
+                        why,
+                        current,
+                        profile: i.profile_system.clone(),
+                        boot_default: boots.map(str::to_string),
+                    },
+                })
+            }
+        }
+        GuardState::PersistFailed => done(Outcome::ConfirmedNotPersisted {
             reason: NotPersisted::ProfileElsewhere {
                 why,
                 current,
                 profile: i.profile_system.clone(),
+                boot_default: i.boot_default.as_ref().and_then(|d| d.system.clone()),
             },
         }),
         other => Verdict::Wait(format!("guard state {other}")),

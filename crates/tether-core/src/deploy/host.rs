@@ -14,7 +14,7 @@ use super::job::HostJob;
 use super::trial;
 use crate::checks::{self, Baseline};
 use crate::model::StorePath;
-use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Target};
+use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::SystemStateLook;
 use crate::remote::{
     BootState, DryActivate, Facts, GuardSpec, JournalEntry, JournalEvent, Operation, Persist,
@@ -110,12 +110,12 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             Ok(facts) => facts,
             Err(e) => return (decide::preflight_failed(e), None),
         };
-        let old = facts.current_system.clone();
         self.old_generation.set(facts.profile_generation);
         let start = match decide::start(job, &facts) {
             Ok(start) => start,
-            Err(outcome) => return (outcome, old),
+            Err(outcome) => return (outcome, facts.current_system.clone()),
         };
+        let old = Some(start.old.to_string());
         if start.copy {
             self.phase(Phase::Copying);
             if let Err(e) = self.target.copy(&job.new_system, job.timeouts.copy).await {
@@ -128,8 +128,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         let outcome = match start.plan {
             Plan::DryActivate => self.dry_activate().await,
             Plan::SetBootDefault => self.set_boot_default().await,
-            Plan::PersistOnly => self.persist(None, &start.old).await,
-            Plan::Trial => trial::run(self, &facts, start.old).await,
+            Plan::Trial => trial::run(self, &facts, &start).await,
         };
         let outcome = match (outcome, job.reboot) {
             (
@@ -165,7 +164,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         let op = DryActivate {
             new_system: self.job.new_system.clone(),
         };
-        let emit_line = |line: &str| {
+        let emit_line = |_: Stream, line: &str| {
             self.emit(EventKind::Output {
                 line: line.to_string(),
             })
@@ -210,9 +209,10 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             None,
         )
         .await;
+        let system = &self.job.new_system;
         match result {
-            Ok((report, out)) => decide::boot_default_set(Ok(report), &out.stderr),
-            Err(e) => decide::boot_default_set(Err(e), ""),
+            Ok((report, out)) => decide::boot_default_set(Ok(report), system, &out.stderr),
+            Err(e) => decide::boot_default_set(Err(e), system, ""),
         }
     }
 
@@ -242,8 +242,12 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         let mut last = String::new();
         for conn in [Conn::Shared, Conn::Fresh] {
             match call_streaming(self.target, &op, conn, self.job.timeouts.activation, None).await {
-                Ok((report, out)) => return decide::persisted(Ok(report), &out.stderr),
-                Err(CallError::Parse { error, .. }) => return decide::persisted(Err(error), ""),
+                Ok((report, out)) => {
+                    return decide::persisted(Ok(report), &self.job.new_system, &out.stderr)
+                }
+                Err(CallError::Parse { error, .. }) => {
+                    return decide::persisted(Err(error), &self.job.new_system, "")
+                }
                 Err(CallError::Remote(e)) => last = e.to_string(),
             }
         }

@@ -6,8 +6,8 @@
 use super::*;
 use crate::model::{DeployId, Goal, StorePath, Token};
 use crate::ports::{
-    Clock, CommandOutput, Conn, HttpRequest, HttpResponse, Probe, RemoteError, Reporter,
-    ScriptOutput, Target,
+    Clock, CommandOutput, Conn, HttpRequest, HttpResponse, OnLine, Probe, RemoteError, Reporter,
+    ScriptOutput, Stream, Target,
 };
 use crate::remote::{
     ArmAndActivate, Confirm, GuardSpec, JournalEntry, JournalEvent, Op, Operation, Persist,
@@ -72,9 +72,11 @@ impl Fake {
                 ))]
                 .into(),
             ),
-            renew: Ok("state=armed\n".into()),
+            renew: Ok("state=armed\nguard=alive\nrenew=done\n".into()),
             inspect: RefCell::new(VecDeque::new()),
-            persist: "profile=ok\nboot_rc=0\ngeneration=2\n".into(),
+            persist: format!(
+                "profile=ok\nboot_rc=0\ngeneration=2\nboot_loader=fixture\nboot_default={NEW}\npersisted=yes\n"
+            ),
             system: "system_state=running\nsystem=done\n".into(),
             calls: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
@@ -113,7 +115,7 @@ impl Target for Fake {
         script: &Script,
         conn: Conn,
         _timeout: Duration,
-        on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<OnLine<'_>>,
     ) -> impl Future<Output = Result<ScriptOutput, RemoteError>> {
         let kind = match script.op {
             Op::Preflight => "preflight",
@@ -155,7 +157,7 @@ impl Target for Fake {
             "activate" => {
                 self.calls.borrow_mut().push(("arm".into(), conn));
                 if let Some(f) = on_line {
-                    f("arm=armed");
+                    f(Stream::Stdout, "arm=armed");
                 }
                 match self.activation {
                     Activation::Exit(code) => Ok(ScriptOutput {
@@ -175,7 +177,13 @@ impl Target for Fake {
                     // Persisting rides along in the confirming session.
                     if script.op == Op::ConfirmAndPersist && s.contains("state=confirmed") {
                         self.calls.borrow_mut().push(("persist".into(), conn));
-                        ok(&format!("{s}{}", self.persist))
+                        // Persisting reads back the system it persisted:
+                        // the one the confirmation found running.
+                        let current = s
+                            .lines()
+                            .find_map(|l| l.strip_prefix("current="))
+                            .unwrap_or(NEW);
+                        ok(&format!("{s}{}", self.persist.replace(NEW, current)))
                     } else {
                         ok(&s)
                     }
@@ -264,9 +272,11 @@ fn spec_of(job: &HostJob) -> GuardSpec {
     GuardSpec {
         deploy_id: job.deploy_id.clone(),
         token: job.token.clone(),
+        current_system: StorePath::new(OLD).unwrap(),
         old_system: StorePath::new(OLD).unwrap(),
         new_system: job.new_system.clone(),
         lease: job.timeouts.lease,
+        rollback_limit: job.timeouts.activation,
         deployer: job.deployer.clone(),
     }
 }
@@ -784,7 +794,9 @@ fn a_host_that_rebooted_into_the_old_system_is_rolled_back() {
 #[test]
 fn a_failed_persist_is_loud_and_not_a_success() {
     let fake = Fake {
-        persist: "profile=ok\nboot_rc=1\ngeneration=2\n".into(),
+        persist: format!(
+            "profile=ok\nboot_rc=1\ngeneration=2\nboot_loader=fixture\nboot_default={OLD}\npersisted=no\n"
+        ),
         ..Fake::healthy()
     };
     let (report, _) = deploy(&fake, Goal::Switch);
@@ -910,9 +922,11 @@ mod rollout {
             spec: GuardSpec {
                 deploy_id: job.deploy_id.derived("revert").unwrap(),
                 token: Token::new(REVERT_TOKEN).unwrap(),
+                current_system: StorePath::new(NEW).unwrap(),
                 old_system: StorePath::new(NEW).unwrap(),
                 new_system: StorePath::new(OLD).unwrap(),
                 lease: job.timeouts.lease,
+                rollback_limit: job.timeouts.activation,
                 deployer: job.deployer.clone(),
             },
             goal: Goal::Test,

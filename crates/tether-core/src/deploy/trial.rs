@@ -1,32 +1,36 @@
 //! The guarded trial, steps 4–8 of the safe switch: arm the guard and
-//! activate with `test` in one session, run the health checks, confirm over
-//! a fresh connection (persisting in the same session for goal switch); on
-//! any trouble, ask the guard to roll back and wait for its verdict.
+//! activate with `test` in one session, wait for the activation to end
+//! (over fresh connections if its session was lost), run the health checks
+//! after that end, confirm over a fresh connection (persisting in the same
+//! session for goal switch); on any trouble, ask the guard to roll back and
+//! wait for its verdict.
 //!
 //! While the trial runs, a lease keeper renews the guard's lease over the
-//! shared connection. If the keeper loses the host for a whole lease, or the
-//! guard leaves the trial on its own (activation failed, lease lapsed), the
-//! deploy stops trying to confirm and waits to learn what the guard did.
+//! shared connection (and starts the guard again if it died). If the keeper
+//! loses the host for a whole lease, or the guard leaves the trial on its
+//! own (activation failed, lease lapsed), the deploy stops trying and waits
+//! to learn what the guard did. The keeper never decides a confirmed
+//! trial's outcome: persisting is the trial's to report.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use futures::future::{select, Either};
 
-use super::decide::{self, Activated, ConfirmStep, Renewal, Verdict};
+use super::decide::{self, Activated, ConfirmStep, Progress, Renewed, Start, Verdict};
 use super::host::Run;
 use crate::model::{Goal, StorePath};
-use crate::ports::{call_streaming, Clock, Conn, Probe, Reporter, Target};
+use crate::ports::{call_streaming, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::{
-    ArmAndActivate, Confirm, Facts, FinishTrial, GuardSpec, GuardState, Inspect, JournalEntry,
-    JournalEvent, Renew, RequestRollback, StreamLine,
+    ArmAndActivate, Confirm, Facts, FinishTrial, GuardLife, GuardSpec, GuardState, Inspect,
+    JournalEntry, JournalEvent, Renew, RequestRollback, ARM_WAIT,
 };
 use crate::report::{EventKind, Outcome, Phase, TrialProblem, Trouble, UnknownReason};
 use crate::spec::{LOOK_CALL, POLL_INTERVAL, QUICK_CALL, RETRY_PAUSE};
 
 /// How the trial (activation and confirmation) ended.
 enum TrialEnd {
-    /// Confirmed; with what persisting printed when it rode along.
+    /// Confirmed; with the outcome of persisting when it rode along.
     Confirmed(Option<Outcome>),
     /// Give up on the trial and ask the guard to roll back.
     Abandon(TrialProblem),
@@ -44,29 +48,35 @@ struct Shared {
     trouble: RefCell<Option<Trouble>>,
     /// The `arm=armed` line arrived: the lease runs.
     armed: Cell<bool>,
+    /// An `arm=` line of any kind arrived: arming answered.
+    arm_answered: Cell<bool>,
     /// When the lease was last renewed (the activation's session renews it
     /// on success).
     renewed: Cell<Duration>,
 }
 
-/// Runs the trial of `job.new_system` on a host that runs `old`.
+/// Runs the trial of `job.new_system` on a host as the preflight found it.
 pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     run: &Run<'_, T, P, C, R>,
     facts: &Facts,
-    old: StorePath,
+    start: &Start,
 ) -> Outcome {
     let job = run.job;
     let spec = GuardSpec {
         deploy_id: job.deploy_id.clone(),
         token: job.token.clone(),
-        old_system: old.clone(),
+        current_system: start.current.clone(),
+        old_system: start.old.clone(),
         new_system: job.new_system.clone(),
         lease: job.timeouts.lease,
+        // A rollback is an activation too.
+        rollback_limit: job.timeouts.activation,
         deployer: job.deployer.clone(),
     };
     let shared = Shared {
         trouble: RefCell::new(None),
         armed: Cell::new(false),
+        arm_answered: Cell::new(false),
         renewed: Cell::new(run.clock.now()),
     };
     let trial = std::pin::pin!(trial(run, &spec, facts, &shared));
@@ -75,27 +85,28 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         Either::Left((end, _)) => end,
         Either::Right((left, _)) => TrialEnd::GuardLeft(left),
     };
+    let old = &start.old;
     match end {
         TrialEnd::Confirmed(Some(outcome)) => {
             run.phase(Phase::Persisting);
             outcome
         }
         TrialEnd::Confirmed(None) => match job.goal {
-            Goal::Switch => run.persist(Some(&spec), &old).await,
-            _ => finish_test(run, &spec, &old).await,
+            Goal::Switch => run.persist(Some(&spec), old).await,
+            _ => finish_test(run, &spec, old).await,
         },
         TrialEnd::Abandon(why) => {
             ask_rollback(run, &spec, &why).await;
-            await_guard(run, &spec, facts, &old, why).await
+            await_guard(run, &spec, facts, old, why).await
         }
-        TrialEnd::GuardLeft(why) => await_guard(run, &spec, facts, &old, why).await,
+        TrialEnd::GuardLeft(why) => await_guard(run, &spec, facts, old, why).await,
         TrialEnd::Unknown(reason) => Outcome::Unknown { reason },
         TrialEnd::Done(outcome) => outcome,
     }
 }
 
-/// Activation, then the health checks, then confirmation over fresh
-/// connections.
+/// Arming and activation, the wait for its end, the health checks, then
+/// confirmation over fresh connections.
 async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     run: &Run<'_, T, P, C, R>,
     spec: &GuardSpec,
@@ -104,13 +115,19 @@ async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
 ) -> TrialEnd {
     let job = run.job;
     run.phase(Phase::Arming);
-    let on_line = |line: &str| match ArmAndActivate::classify(line) {
-        StreamLine::Armed => {
-            shared.armed.set(true);
-            run.phase(Phase::Activating);
+    let activation_started = run.clock.now();
+    let on_line = |stream: Stream, line: &str| match stream {
+        // stdout is the protocol's; the activation's output is on stderr.
+        Stream::Stdout => {
+            if let Some(result) = line.strip_prefix("arm=") {
+                shared.arm_answered.set(true);
+                if result == "armed" {
+                    shared.armed.set(true);
+                    run.phase(Phase::Activating);
+                }
+            }
         }
-        StreamLine::Protocol => {}
-        StreamLine::Output(line) => run.emit(EventKind::Output {
+        Stream::Stderr => run.emit(EventKind::Output {
             line: line.to_string(),
         }),
     };
@@ -120,16 +137,31 @@ async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         spec: spec.clone(),
         goal: Goal::Test,
     };
-    let result = call_streaming(
+    let session = std::pin::pin!(call_streaming(
         run.target,
         &op,
         Conn::Shared,
         job.timeouts.activation,
         Some(&on_line),
-    )
-    .await
-    .map(|(report, _)| report);
-    let first_look = match decide::after_activation(result, shared.armed.get(), &spec.old_system) {
+    ));
+    // Arming must answer in time: an arm held up past this gives up on the
+    // host by itself (its deadline is shorter), so none arms late.
+    let watchdog = std::pin::pin!(async {
+        run.clock.sleep(ARM_WAIT).await;
+        if shared.arm_answered.get() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let result = match select(session, watchdog).await {
+        Either::Left((result, _)) => result.map(|(report, _)| report),
+        Either::Right(((), _)) => {
+            return TrialEnd::GuardLeft(TrialProblem::ArmTimedOut {
+                seconds: ARM_WAIT.as_secs(),
+            })
+        }
+    };
+    let armed = shared.armed.get();
+    let first_look = match decide::after_activation(result, armed, &spec.current_system) {
         Activated::Ended {
             first_look,
             lease_renewed,
@@ -137,24 +169,36 @@ async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             if lease_renewed {
                 shared.renewed.set(run.clock.now());
             }
+            run.emit(EventKind::ActivationEnded { exit_code: Some(0) });
             first_look
         }
-        Activated::Abandon(why) => return TrialEnd::Abandon(why),
+        Activated::Abandon(why) => {
+            if let TrialProblem::ActivationFailed { exit_code } = &why {
+                run.emit(EventKind::ActivationEnded {
+                    exit_code: *exit_code,
+                });
+            }
+            return TrialEnd::Abandon(why);
+        }
         Activated::LostArming(why) => return TrialEnd::GuardLeft(why),
         Activated::Done(outcome) => return TrialEnd::Done(outcome),
         Activated::LostSession(e) => {
-            // The activation runs on in its own unit; a fresh connection
-            // tells whether it reached the new system.
+            // The activation runs on in its own unit; fresh connections
+            // tell when it ends and how.
             run.warn(format!("lost the activation's SSH session: {e}"));
             shared
                 .trouble
                 .replace(Some(Trouble::SessionLostDuringActivation));
+            if let Err(end) = await_activation(run, spec, shared, activation_started).await {
+                return end;
+            }
             None
         }
     };
 
-    // Health checks before the confirmation: only a host that passes them
-    // is confirmed. The lease keeper renews the lease meanwhile.
+    // Health checks before the confirmation, and only after the activation
+    // ended: only a host that passes them is confirmed. The lease keeper
+    // renews the lease meanwhile.
     if !job.checks.is_empty() {
         let failures = run.health_checks(facts, first_look.as_ref()).await;
         if !failures.is_empty() {
@@ -189,10 +233,15 @@ async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             .unwrap_or_default();
         let last = match decide::confirm_attempt(attempt.map(|(report, _)| report)) {
             ConfirmStep::Confirmed(persist) => {
-                return TrialEnd::Confirmed(persist.map(|p| decide::persisted(p, &stderr)))
+                return TrialEnd::Confirmed(
+                    persist.map(|p| decide::persisted(p, &job.new_system, &stderr)),
+                )
             }
             ConfirmStep::TooLate => return TrialEnd::GuardLeft(TrialProblem::ConfirmTooLate),
             ConfirmStep::BadToken => return TrialEnd::Unknown(UnknownReason::BadToken),
+            ConfirmStep::ActivationFailed(exit_code) => {
+                return TrialEnd::Abandon(TrialProblem::ActivationFailed { exit_code })
+            }
             ConfirmStep::Retry(last) => last,
         };
         shared
@@ -205,6 +254,71 @@ async fn trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             });
         }
         run.clock.sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// After the activation's session was lost: waits (within the activation
+/// timeout, counted from its start) for the activation to end, asking over
+/// fresh connections, each of which also renews the lease. `Ok` when it
+/// ended with exit code 0; otherwise how the trial ends.
+async fn await_activation<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
+    run: &Run<'_, T, P, C, R>,
+    spec: &GuardSpec,
+    shared: &Shared,
+    started: Duration,
+) -> Result<(), TrialEnd> {
+    let limit = run.job.timeouts.activation;
+    let renew = Renew { spec: spec.clone() };
+    loop {
+        if let Ok(renewal) = run.call(&renew, Conn::Fresh, LOOK_CALL).await {
+            // It renewed the lease too.
+            shared.renewed.set(run.clock.now());
+            if renewal.guard == GuardLife::Restarted {
+                run.warn("the host's guard was gone; tether started it again".into());
+            }
+            let ended = |code| {
+                run.emit(EventKind::ActivationEnded {
+                    exit_code: Some(code),
+                })
+            };
+            match decide::activation_progress(&renewal) {
+                Progress::Wait => {}
+                Progress::Ended => {
+                    ended(0);
+                    return Ok(());
+                }
+                Progress::Abandon(why) => {
+                    if let TrialProblem::ActivationFailed {
+                        exit_code: Some(code),
+                    } = &why
+                    {
+                        ended(*code);
+                    }
+                    return Err(TrialEnd::Abandon(why));
+                }
+                Progress::GuardLeft(state) => {
+                    return Err(TrialEnd::GuardLeft(left(
+                        state,
+                        Some(Trouble::SessionLostDuringActivation),
+                    )))
+                }
+                Progress::Done(outcome) => return Err(TrialEnd::Done(outcome)),
+            }
+        }
+        if run.clock.now().saturating_sub(started) >= limit {
+            return Err(TrialEnd::Abandon(TrialProblem::ActivationTimedOut {
+                seconds: limit.as_secs(),
+            }));
+        }
+        run.clock.sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Why the trial ends when the guard left it in `state`.
+fn left(state: GuardState, after: Option<Trouble>) -> TrialProblem {
+    match state {
+        GuardState::RolledBack | GuardState::RollingBack => TrialProblem::GuardRolledBack { after },
+        state => TrialProblem::GuardLeft { state, after },
     }
 }
 
@@ -244,17 +358,14 @@ async fn keep_lease<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             .await;
         let after = || shared.trouble.borrow().clone();
         match decide::after_renewal(&result) {
-            Renewal::Renewed => shared.renewed.set(run.clock.now()),
-            Renewal::GuardLeft(GuardState::RolledBack | GuardState::RollingBack) => {
-                return TrialProblem::GuardRolledBack { after: after() }
+            Renewed::Renewed => shared.renewed.set(run.clock.now()),
+            Renewed::GuardRestarted => {
+                shared.renewed.set(run.clock.now());
+                run.warn("the host's guard was gone; tether started it again".into());
             }
-            Renewal::GuardLeft(state) => {
-                return TrialProblem::GuardLeft {
-                    state,
-                    after: after(),
-                }
-            }
-            Renewal::NoAnswer => {
+            Renewed::GuardLeft(state) => return left(state, after()),
+            Renewed::GuardDead => return TrialProblem::GuardDead,
+            Renewed::NoAnswer => {
                 if let Err(e) = &result {
                     run.warn(format!("could not renew the lease: {e}"));
                 }

@@ -60,6 +60,8 @@ pub enum Problem {
     InvalidConfiguration(String),
     #[error("{0:?} cannot be passed to ssh through Nix (entries must be non-empty and without whitespace; split \"-o Foo=bar\" into \"-o\" \"Foo=bar\")")]
     InvalidSshOption(String),
+    #[error("{0}")]
+    SshOption(super::ssh_options::SshOptionProblem),
     #[error("{secs} seconds is out of range ({min}..{max})")]
     DurationOutOfRange { secs: u64, min: u64, max: u64 },
     #[error("unknown check type {found:?} (expected one of: http, tcp, command, units){}", suggestion_suffix(.suggestion))]

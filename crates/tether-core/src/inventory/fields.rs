@@ -200,14 +200,24 @@ impl<'e> Fields<'e> {
             return None;
         };
         let mut options = Vec::with_capacity(items.len());
+        let mut well_formed = true;
         for (i, item) in items.into_iter().enumerate() {
             let field = format!("{name}[{i}]");
             match item {
                 Value::String(s) if s.is_empty() || s.chars().any(char::is_whitespace) => {
+                    well_formed = false;
                     self.error(&field, Problem::InvalidSshOption(s))
                 }
                 Value::String(s) => options.push(s),
-                other => self.wrong_type(&field, "a string", &other),
+                other => {
+                    well_formed = false;
+                    self.wrong_type(&field, "a string", &other)
+                }
+            }
+        }
+        if well_formed {
+            if let Err((i, problem)) = super::ssh_options::validate(&options) {
+                self.error(&format!("{name}[{i}]"), Problem::SshOption(problem));
             }
         }
         Some(options)

@@ -11,6 +11,7 @@ mod error;
 mod fields;
 mod selector;
 mod settings;
+mod ssh_options;
 mod toplevel;
 
 use std::collections::HashMap;

@@ -1,10 +1,13 @@
 //! The confirmation, run over a brand-new SSH connection: it checks that
 //! the host runs the new system and is the pinned machine, then confirms
-//! with the deploy's token, which only succeeds while the trial is still
-//! armed (never after the guard fired). For goal switch, persisting rides
-//! along in the same session, once the confirmation succeeded there.
+//! with the deploy's token. It proves the trial: it succeeds only while the
+//! trial is still armed (never after the guard fired) and only once the
+//! activation has ended with exit code 0 — the deployer runs its health
+//! checks after that end, and confirms after them. For goal switch,
+//! persisting rides along in the same session, once the confirmation
+//! succeeded there.
 
-use super::guard::{GuardSpec, GuardState};
+use super::guard::{lease_bump, GuardSpec, GuardState, ACTIVATION_STATE_FUNCTION};
 use super::persist::{Persist, PersistReport};
 use super::wire::{first, parse_fields, ParseError};
 use super::{Op, Operation, ScriptOutput, RESOLVE_FUNCTION};
@@ -37,6 +40,13 @@ pub enum ConfirmResult {
     NotRunningNew,
     NoTrial,
     BadToken,
+    /// The activation has not ended yet: nothing to confirm.
+    ActivationRunning,
+    /// The activation ended without success (its exit code, when it had
+    /// one): the guard rolls back.
+    ActivationFailed(Option<i32>),
+    /// The trial's state lock stayed taken for the whole bounded wait.
+    LockTimeout,
 }
 
 impl Confirm {
@@ -46,8 +56,9 @@ impl Confirm {
         // every deploy, often on many at once.
         format!(
             r#"set -u
+umask 077
 dir={dir}
-mid=; read -r mid 2>/dev/null </etc/machine-id
+{activation_state}mid=; read -r mid 2>/dev/null </etc/machine-id
 echo "machine_id=$mid"
 {resolve}
 resolve /run/current-system; cur=$r
@@ -64,15 +75,23 @@ elif [ "$cur" != {new} ]; then
 else
     # The guard's rollback takes the same lock: one of the two wins.
     exec 8>>"$dir/state.lock"
-    flock 8
-    st=; read -r st 2>/dev/null <"$dir/state"
-    if [ "$st" = {armed} ]; then
-        read -r up _ </proc/uptime
-        echo $(( ${{up%%.*}} + {lease} )) >"$dir/lease"
-        printf '%s\n' {confirmed} >"$dir/state.new" && mv -f "$dir/state.new" "$dir/state"
-        echo "confirm=confirmed"
+    if ! flock -w 10 8; then
+        echo "confirm=lock-timeout"
     else
-        echo "confirm=too-late"
+        st=; read -r st 2>/dev/null <"$dir/state"
+        activation_state
+        if [ "$st" != {armed} ]; then
+            echo "confirm=too-late"
+        elif [ "$act" = exited ] && [ "$rc" = 0 ]; then
+            {bump}
+            printf '%s\n' {confirmed} >"$dir/state.new" && mv -f "$dir/state.new" "$dir/state"
+            echo "confirm=confirmed"
+        elif [ "$act" = running ] || [ "$act" = not-started ]; then
+            echo "confirm=activation-running"
+        else
+            echo "confirm=activation-failed"
+            echo "activation_rc=$rc"
+        fi
     fi
     exec 8>&-
 fi
@@ -82,7 +101,8 @@ echo "state=$st"
             dir = quote(&spec.dir()),
             token = quote(spec.token.as_str()),
             new = quote(spec.new_system.as_str()),
-            lease = spec.lease_secs(),
+            bump = lease_bump(spec),
+            activation_state = ACTIVATION_STATE_FUNCTION,
             armed = GuardState::Armed.quoted(),
             confirmed = GuardState::Confirmed.quoted(),
             resolve = RESOLVE_FUNCTION,
@@ -122,6 +142,11 @@ impl Operation for Confirm {
             Some("not-running-new") => ConfirmResult::NotRunningNew,
             Some("no-trial") => ConfirmResult::NoTrial,
             Some("bad-token") => ConfirmResult::BadToken,
+            Some("activation-running") => ConfirmResult::ActivationRunning,
+            Some("activation-failed") => ConfirmResult::ActivationFailed(
+                first(&f, "activation_rc").and_then(|c| c.parse().ok()),
+            ),
+            Some("lock-timeout") => ConfirmResult::LockTimeout,
             _ => return Err(ParseError("the confirmation printed no result".into())),
         };
         Ok(ConfirmReport {

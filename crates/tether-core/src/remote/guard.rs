@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::journal::JournalEvent;
-use super::RUN_DIR;
+use super::{RESOLVE_FUNCTION, RUN_DIR};
 use crate::model::{DeployId, StorePath, Token};
 use crate::shell::quote;
 
@@ -14,14 +14,31 @@ use crate::shell::quote;
 /// and event names it uses.
 const GUARD_LOGIC: &str = include_str!("guard.sh");
 
+/// Where garbage-collector roots for a trial's two systems live: the
+/// system a rollback returns to must survive a `nix-collect-garbage`
+/// during the trial (after a `--goal test` deploy it is rooted by nothing
+/// else), and so must the new system before it is activated.
+pub const GC_ROOTS: &str = "/nix/var/nix/gcroots/tether";
+
+/// NixOS's switch lock, taken by every `switch-to-configuration` run.
+pub const SWITCH_LOCK: &str = "/run/nixos/switch-to-configuration.lock";
+
 /// Everything the target needs to guard one trial.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardSpec {
     pub deploy_id: DeployId,
     pub token: Token,
+    /// The system the host runs when the trial is armed (what the
+    /// preflight saw); arming refuses a host that runs another.
+    pub current_system: StorePath,
+    /// The system a rollback returns to: the current one, or, when the
+    /// host already runs the new system, the one it boots.
     pub old_system: StorePath,
     pub new_system: StorePath,
     pub lease: Duration,
+    /// How long the guard's rollback (`switch-to-configuration test` of
+    /// the old system) may take.
+    pub rollback_limit: Duration,
     /// `user@machine` of the deployer, recorded in the target's journal.
     pub deployer: String,
 }
@@ -39,6 +56,13 @@ impl GuardSpec {
     pub(crate) fn lease_secs(&self) -> u64 {
         self.lease.as_secs().max(1)
     }
+    /// This trial's garbage-collector roots (old, new).
+    pub(crate) fn gc_roots(&self) -> (String, String) {
+        (
+            format!("{GC_ROOTS}/{}-old", self.deploy_id),
+            format!("{GC_ROOTS}/{}-new", self.deploy_id),
+        )
+    }
 }
 
 /// Where a trial is, as the guard keeps it in `$dir/state`.
@@ -51,8 +75,15 @@ pub enum GuardState {
     RollingBack,
     RolledBack,
     RollbackFailed,
-    /// The trial ended and the deploy lock is released.
+    /// Confirmed and persisted (profile and boot default read back): the
+    /// trial ended and the deploy lock is released.
     Finished,
+    /// Confirmed, but persisting failed: the host runs the new system and
+    /// boots the old one. The trial ended.
+    PersistFailed,
+    /// The activation could not take NixOS's switch lock: nothing was
+    /// activated, nothing rolled back. The trial ended.
+    NotActivated,
     /// No state directory: the host rebooted (or someone removed it).
     Missing,
     /// A state this tether does not know (a newer tether's guard).
@@ -61,13 +92,15 @@ pub enum GuardState {
 
 impl GuardState {
     /// The states a guard writes, with their names on the wire.
-    pub const WRITTEN: [GuardState; 6] = [
+    pub const WRITTEN: [GuardState; 8] = [
         GuardState::Armed,
         GuardState::Confirmed,
         GuardState::RollingBack,
         GuardState::RolledBack,
         GuardState::RollbackFailed,
         GuardState::Finished,
+        GuardState::PersistFailed,
+        GuardState::NotActivated,
     ];
 
     /// The state's name in `$dir/state` and in script output.
@@ -79,6 +112,8 @@ impl GuardState {
             GuardState::RolledBack => "rolled-back",
             GuardState::RollbackFailed => "rollback-failed",
             GuardState::Finished => "finished",
+            GuardState::PersistFailed => "persist-failed",
+            GuardState::NotActivated => "not-activated",
             GuardState::Missing => "missing",
             GuardState::Other(s) => s,
         }
@@ -123,6 +158,8 @@ pub enum GuardCause {
     /// The new system's activation exited non-zero.
     #[serde(rename_all = "camelCase")]
     ActivationFailed { exit_code: i32 },
+    /// The activation's process is gone without an exit code (killed).
+    ActivationDied,
 }
 
 impl GuardCause {
@@ -133,6 +170,7 @@ impl GuardCause {
         match (words.next()?, words.next()) {
             ("requested", None) => Some(GuardCause::Requested),
             ("lease-expired", None) => Some(GuardCause::LeaseExpired),
+            ("activation-died", None) => Some(GuardCause::ActivationDied),
             ("activation-failed", Some(code)) => Some(GuardCause::ActivationFailed {
                 exit_code: code.parse().ok()?,
             }),
@@ -151,13 +189,36 @@ impl std::fmt::Display for GuardCause {
             GuardCause::ActivationFailed { exit_code } => {
                 write!(f, "activation exited {exit_code}")
             }
+            GuardCause::ActivationDied => f.write_str("the activation ended without an exit code"),
         }
     }
 }
 
-/// The guard script as written to the target: the state and journal event
-/// names as shell variables, then `guard.sh`.
-pub(crate) fn guard_script() -> String {
+/// A shell function: `activation_state` sets `$act` to `not-started`,
+/// `running`, `exited` (with `$rc`) or `died` (its process is gone without
+/// an exit code), from the files the activation wrapper writes. Builtins
+/// only: the guard runs it twice a second.
+pub(crate) const ACTIVATION_STATE_FUNCTION: &str = r#"activation_state() {
+    act=not-started; rc=
+    if [ -e "$dir/activation.rc" ]; then
+        act=exited; read -r rc 2>/dev/null <"$dir/activation.rc"
+    elif [ -e "$dir/activation.pid" ]; then
+        apid=; read -r apid 2>/dev/null <"$dir/activation.pid"
+        if [ -n "$apid" ] && kill -0 "$apid" 2>/dev/null; then
+            act=running
+        elif [ -e "$dir/activation.rc" ]; then
+            # It ended between the two looks.
+            act=exited; read -r rc 2>/dev/null <"$dir/activation.rc"
+        else
+            act=died
+        fi
+    fi
+}
+"#;
+
+/// The state and journal event names as shell variables (`S_ARMED=…`,
+/// `E_ROLLED_BACK=…`), for the guard and the scripts that share its logic.
+pub(crate) fn names() -> String {
     let mut s = String::from(
         "# State and journal event names, from tether's GuardState and JournalEvent.\n",
     );
@@ -167,8 +228,16 @@ pub(crate) fn guard_script() -> String {
     for event in JournalEvent::ALL {
         s.push_str(&format!("{}={}\n", event.variable(), quote(event.wire())));
     }
-    s.push_str(GUARD_LOGIC);
     s
+}
+
+/// The guard script as written to the target: the names and shared
+/// functions, then `guard.sh`.
+pub(crate) fn guard_script() -> String {
+    format!(
+        "{}{RESOLVE_FUNCTION}\n{ACTIVATION_STATE_FUNCTION}{GUARD_LOGIC}",
+        names()
+    )
 }
 
 /// What NixOS's `switch-to-configuration` exit codes mean.

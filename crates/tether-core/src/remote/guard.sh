@@ -1,22 +1,30 @@
 # tether guard for one deploy. Runs on the target as a transient systemd
-# service (systemd-run), owned by PID 1 and not by any SSH session, so it
-# survives SSH loss, sshd restarts and the deployer being killed.
+# service (systemd-run, Restart=on-failure), owned by PID 1 and not by any
+# SSH session, so it survives SSH loss, sshd restarts and the deployer being
+# killed; if it is killed itself, systemd starts it again and it goes on
+# from the state it keeps in files.
 #
 # It holds a lease that the deployer renews. While the deploy is on trial
-# (state "armed") it rolls the host back to the previous system with that
-# system's own `bin/switch-to-configuration test` when the lease lapses, when
-# the new system's activation failed, or when the deployer asks for it. After
-# a confirmation it keeps the deploy lock until the deployer reports the new
-# system persisted (state "finished"), or its lease lapses.
+# (state armed) it rolls the host back to the previous system with that
+# system's own `bin/switch-to-configuration test` when the lease lapses,
+# when the new system's activation failed or ended without an exit code, or
+# when the deployer asks for it. An activation that failed because another
+# process held NixOS's switch lock changed nothing: the trial ends
+# not-activated, without a rollback. After a confirmation it keeps the
+# deploy lock until the deployer reports the new system persisted (or not),
+# or its lease lapses.
 #
 # Needs only POSIX sh, coreutils, flock and systemctl; nothing of tether is
-# installed on the target. Argument: the deploy's state directory, which holds
-# `params` (shell assignments written by tether with every value quoted).
-# The state names ($S_*) and journal event names ($E_*) are defined above
-# this text by tether, from the one place it defines them.
+# installed on the target. Argument: the deploy's state directory, which
+# holds `params` (shell assignments written by tether with every value
+# quoted). The state names ($S_*), journal event names ($E_*) and the
+# shared functions (resolve, activation_state) are defined above this text
+# by tether, from the one place it defines them.
 set -u
+umask 077
 dir=$1
 . "$dir/params"
+printf '%s\n' "$$" >"$dir/guard.pid.new" && mv -f "$dir/guard.pid.new" "$dir/guard.pid"
 
 # Builtins only, and no subshells, in the polling path: the guard runs
 # beside the activation and the health checks and should cost them no CPU.
@@ -37,17 +45,22 @@ journal() {
 
 # Moves the state from $1 to $2, only if it is still $1, under the state lock
 # that confirmations take too: a confirmation and a rollback never both win.
+# The wait is bounded; only tether's own scripts take this lock.
 move() {
-    flock "$dir/state.lock" sh -c \
+    flock -w 10 "$dir/state.lock" sh -c \
         'test "$(cat "$1/state")" = "$2" && printf "%s\n" "$3" >"$1/state.new" && mv -f "$1/state.new" "$1/state"' \
         sh "$dir" "$1" "$2"
 }
 
-release_lock() {
+# The trial is over: release the deploy lock (when it is still ours) and
+# the garbage-collector roots of the two systems, and exit.
+finish() {
     holder=; read -r holder 2>/dev/null <"$LOCK_DIR/deploy"
     if [ "$holder" = "$DEPLOY_ID" ]; then
         rm -rf "$LOCK_DIR"
     fi
+    rm -f "$GC_ROOTS/$DEPLOY_ID-old" "$GC_ROOTS/$DEPLOY_ID-new"
+    exit 0
 }
 
 # rollback CAUSE REASON: CAUSE is one of tether's GuardCause words (for the
@@ -60,50 +73,67 @@ rollback() {
     # A hung activation must not keep running (nor hold the NixOS
     # switch-to-configuration lock) while the old system is re-activated.
     systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
-    "$OLD/bin/switch-to-configuration" test >"$dir/rollback.log" 2>&1
+    # Bounded: a switch-to-configuration that waits for a lock someone
+    # else holds must not keep the host (and the deployer) waiting forever.
+    timeout -k 5 "$ROLLBACK_SECONDS" "$OLD/bin/switch-to-configuration" test >"$dir/rollback.log" 2>&1
     rc=$?
     printf '%s\n' "$rc" >"$dir/rollback.rc"
-    if [ "$(readlink -f /run/current-system)" = "$OLD" ]; then
+    resolve /run/current-system
+    if [ "$r" = "$OLD" ]; then
         move "$S_ROLLING_BACK" "$S_ROLLED_BACK"
         journal "$E_ROLLED_BACK" "$2; switch-to-configuration test of the previous system exited $rc"
     else
         move "$S_ROLLING_BACK" "$S_ROLLBACK_FAILED"
         journal "$E_ROLLBACK_FAILED" "$2; switch-to-configuration test of the previous system exited $rc"
     fi
-    release_lock
+    finish
 }
 
-journal "$E_ARMED" "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
+# Once per trial, not again when systemd restarts a killed guard.
+if [ ! -e "$dir/guard.started" ]; then
+    : >"$dir/guard.started"
+    journal "$E_ARMED" "lease ${LEASE_SECONDS}s; deployer ${DEPLOYER:-unknown}"
+fi
 while :; do
     look
     case "$st" in
     "$S_ARMED")
         if [ -e "$dir/rollback-request" ]; then
-            rollback requested "deployer asked: $(cat "$dir/rollback-request")"
-            exit 0
+            request=; read -r request 2>/dev/null <"$dir/rollback-request"
+            rollback requested "deployer asked: $request"
         fi
-        if [ -e "$dir/activation.rc" ]; then
-            read -r rc <"$dir/activation.rc"
+        activation_state
+        case "$act" in
+        exited)
             if [ "$rc" != 0 ]; then
-                rollback "activation-failed $rc" "activation exited $rc"
-                exit 0
+                if [ -e "$dir/activation.locked" ]; then
+                    # switch-to-configuration could not take NixOS's switch
+                    # lock (another activation holds it): nothing changed.
+                    if move "$S_ARMED" "$S_NOT_ACTIVATED"; then
+                        journal "$E_NOT_ACTIVATED" "switch-to-configuration exited $rc: another process holds the NixOS switch lock; nothing was activated"
+                        finish
+                    fi
+                else
+                    rollback "activation-failed $rc" "activation exited $rc"
+                fi
             fi
-        fi
+            ;;
+        died)
+            rollback activation-died "the activation ended without an exit code"
+            ;;
+        esac
         if [ "$now" -ge "$lease" ]; then
             rollback lease-expired "lease expired: the deployer did not confirm in time"
-            exit 0
         fi
         ;;
     "$S_CONFIRMED")
         if [ "$now" -ge "$lease" ]; then
             journal "$E_CONFIRMED_UNFINISHED" "confirmed, but the deployer never reported persisting"
-            release_lock
-            exit 0
+            finish
         fi
         ;;
     *)
-        release_lock
-        exit 0
+        finish
         ;;
     esac
     sleep 0.5

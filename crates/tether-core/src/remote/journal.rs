@@ -21,16 +21,22 @@ pub enum JournalEvent {
     Confirmed,
     /// Confirmed, but the deployer never reported persisting.
     ConfirmedUnfinished,
+    /// Confirmed, but persisting failed: the host boots the old system.
+    ConfirmedNotPersisted,
+    /// The activation could not take NixOS's switch lock; nothing changed.
+    NotActivated,
 }
 
 impl JournalEvent {
-    pub const ALL: [JournalEvent; 6] = [
+    pub const ALL: [JournalEvent; 8] = [
         JournalEvent::Armed,
         JournalEvent::RollingBack,
         JournalEvent::RolledBack,
         JournalEvent::RollbackFailed,
         JournalEvent::Confirmed,
         JournalEvent::ConfirmedUnfinished,
+        JournalEvent::ConfirmedNotPersisted,
+        JournalEvent::NotActivated,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -41,6 +47,8 @@ impl JournalEvent {
             JournalEvent::RollbackFailed => "rollback-failed",
             JournalEvent::Confirmed => "confirmed",
             JournalEvent::ConfirmedUnfinished => "confirmed-unfinished",
+            JournalEvent::ConfirmedNotPersisted => "confirmed-not-persisted",
+            JournalEvent::NotActivated => "not-activated",
         }
     }
 
@@ -56,6 +64,8 @@ impl JournalEvent {
                 | JournalEvent::RolledBack
                 | JournalEvent::RollbackFailed
                 | JournalEvent::ConfirmedUnfinished
+                | JournalEvent::ConfirmedNotPersisted
+                | JournalEvent::NotActivated
         )
     }
 
@@ -66,7 +76,7 @@ impl JournalEvent {
 }
 
 /// A line the deployer appends to the target's journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
     pub deploy_id: DeployId,
     pub event: JournalEvent,

@@ -16,6 +16,7 @@
 //! ignored by the parsers.
 
 mod arm;
+mod bootloader;
 mod checks;
 mod confirm;
 mod guard;
@@ -28,15 +29,18 @@ pub mod status;
 mod trial;
 mod wire;
 
-pub use arm::{ArmAndActivate, ArmReport, ArmResult, StreamLine};
+pub use arm::{ArmAndActivate, ArmReport, ArmResult, ARM_DEADLINE, ARM_WAIT};
+pub use bootloader::{BootDefault, BootLoader};
 pub use checks::{CheckCommand, CommandResult, SystemState, SystemStateLook, Units};
 pub use confirm::{Confirm, ConfirmReport, ConfirmResult};
-pub use guard::{activation_exit_meaning, GuardCause, GuardSpec, GuardState};
+pub use guard::{
+    activation_exit_meaning, GuardCause, GuardSpec, GuardState, GC_ROOTS, SWITCH_LOCK,
+};
 pub use journal::{JournalEntry, JournalEvent};
 pub use persist::{DryActivate, FinishTrial, Persist, PersistMode, PersistReport};
-pub use preflight::{Facts, Preflight};
+pub use preflight::{Facts, LockHolder, Preflight};
 pub use reboot::{BootState, BootStateReport, Reboot};
-pub use trial::{Inspect, Inspection, Renew, RequestRollback};
+pub use trial::{ActivationState, GuardLife, Inspect, Inspection, Renew, Renewal, RequestRollback};
 pub use wire::{generation_number, ParseError};
 
 /// Where tether keeps a target's per-deploy state (gone after a reboot).

@@ -1,15 +1,81 @@
 //! The preflight: who the host is (machine-id, hostname, architecture),
 //! which systems it runs, boots and has in its profile, whether it already
-//! has the new system, whether the safe switch's tools are there and
-//! whether another deploy holds it. Read-only; the shared connection's
-//! first session.
+//! has the new system, whether the safe switch's tools are there, and
+//! whether another deploy or another activation (NixOS's switch lock) holds
+//! it. Read-only; the shared connection's first session.
 
+use super::bootloader::{parse_boot_default, BootDefault, BOOT_DEFAULT_FUNCTION};
+use super::guard::SWITCH_LOCK;
+use super::wire::Fields;
 use super::wire::{all, finished, first, parse_fields, ParseError};
 use super::{
     generation_number, Op, Operation, ScriptOutput, LOCK_DIR, RESOLVE_FUNCTION, SYSTEM_PROFILE,
 };
 use crate::model::StorePath;
 use crate::shell::quote;
+use crate::text::one_line;
+
+/// A shell function: `switch_lock_probe` prints `switch_lock=held` and
+/// what can be read of the holder (`switch_lock_pid`, `_unit`, `_cmd`)
+/// when another process holds NixOS's switch lock (`@SWITCH_LOCK@` is
+/// replaced by its quoted path). One `flock -n` when it is free; the
+/// holder is looked up in `/proc/locks` only when it is held.
+pub(crate) const SWITCH_LOCK_PROBE: &str = r#"switch_lock_probe() {
+    lock=@SWITCH_LOCK@
+    [ -e "$lock" ] || return 0
+    flock -n -x "$lock" true 2>/dev/null && return 0
+    echo "switch_lock=held"
+    ino=$(stat -c %i "$lock" 2>/dev/null)
+    while read -r _ kind _ _ pid devino _; do
+        [ "$kind" = "->" ] && continue
+        [ "${devino##*:}" = "$ino" ] || continue
+        echo "switch_lock_pid=$pid"
+        unit=
+        while IFS= read -r line; do
+            case "$line" in 0::*) unit=${line##*/} ;; esac
+        done 2>/dev/null </proc/"$pid"/cgroup
+        echo "switch_lock_unit=$unit"
+        echo "switch_lock_cmd=$(tr '\000' ' ' 2>/dev/null </proc/"$pid"/cmdline)"
+        break
+    done </proc/locks
+}
+"#;
+
+/// Who holds NixOS's switch lock, as far as the host could tell.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    /// The systemd unit (or scope) the holder runs in.
+    pub unit: Option<String>,
+    pub command: Option<String>,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "PID {pid}")?,
+            None => f.write_str("a process tether could not name")?,
+        }
+        if let Some(unit) = &self.unit {
+            write!(f, " in {unit}")?;
+        }
+        if let Some(command) = &self.command {
+            write!(f, ": {command}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The holder [`SWITCH_LOCK_PROBE`] reported, if the lock is held.
+pub(crate) fn parse_lock_holder(f: &Fields) -> Option<LockHolder> {
+    (first(f, "switch_lock")? == "held").then(|| LockHolder {
+        pid: first(f, "switch_lock_pid").and_then(|p| p.parse().ok()),
+        unit: first(f, "switch_lock_unit").map(str::to_string),
+        command: first(f, "switch_lock_cmd")
+            .map(|c| one_line(c).trim().to_string())
+            .filter(|c| !c.is_empty()),
+    })
+}
 
 /// Reads the host's identity and systems; with `new_system`, also whether
 /// the host's store already has it (then nothing needs copying: Nix
@@ -36,10 +102,16 @@ pub struct Facts {
     pub missing_tools: Vec<String>,
     /// Another deploy holding the host's deploy lock with a live guard.
     pub busy_with: Option<String>,
+    /// Another process holding NixOS's switch lock (an activation in
+    /// progress, or one orphaned).
+    pub switch_lock: Option<LockHolder>,
     /// The host's store already holds the new system (and so its closure).
     pub has_new_system: bool,
     /// Units failed before the switch (the `failedUnits = "new"` baseline).
     pub failed_units: Vec<String>,
+    /// What the host boots by default, read only when it already runs the
+    /// new system (is that persisted too?).
+    pub boot_default: Option<BootDefault>,
 }
 
 impl Operation for Preflight {
@@ -54,6 +126,14 @@ impl Operation for Preflight {
             ),
             None => String::new(),
         };
+        // Already running the new system: does it boot it by default too?
+        let boots_new = match &self.new_system {
+            Some(p) => format!(
+                "if [ \"$cur\" = {new} ]; then\n{BOOT_DEFAULT_FUNCTION}boot_default {new}\nfi\n",
+                new = quote(p.as_str())
+            ),
+            None => String::new(),
+        };
         format!(
             r#"set -u
 {has_new}
@@ -64,7 +144,8 @@ name=; read -r name </proc/sys/kernel/hostname
 echo "hostname=$name"
 echo "arch=$(uname -m)"
 {resolve}
-resolve /run/current-system; echo "current=$r"
+{lock_probe}switch_lock_probe
+resolve /run/current-system; cur=$r; echo "current=$r"
 resolve /run/booted-system; echo "booted=$r"
 resolve {profile}; echo "profile=$r"
 echo "profile_link=$(readlink {profile} 2>/dev/null)"
@@ -84,11 +165,13 @@ if [ -d {lock} ]; then
         echo "busy=$holder"
     fi
 fi
-echo "preflight=done"
+profile={profile}
+{boots_new}echo "preflight=done"
 "#,
             profile = quote(SYSTEM_PROFILE),
             lock = quote(LOCK_DIR),
             resolve = RESOLVE_FUNCTION,
+            lock_probe = SWITCH_LOCK_PROBE.replace("@SWITCH_LOCK@", &quote(SWITCH_LOCK)),
         )
     }
 
@@ -106,8 +189,10 @@ echo "preflight=done"
             boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
             missing_tools: all(&f, "missing"),
             busy_with: first(&f, "busy").map(str::to_string),
+            switch_lock: parse_lock_holder(&f),
             has_new_system: first(&f, "has_new") == Some("yes"),
             failed_units: all(&f, "failed_unit"),
+            boot_default: parse_boot_default(&f),
         })
     }
 }

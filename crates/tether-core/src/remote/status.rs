@@ -178,7 +178,11 @@ impl GuardInfo {
         !self.active
             && !matches!(
                 self.state,
-                GuardState::Finished | GuardState::RolledBack | GuardState::RollbackFailed
+                GuardState::Finished
+                    | GuardState::RolledBack
+                    | GuardState::RollbackFailed
+                    | GuardState::PersistFailed
+                    | GuardState::NotActivated
             )
     }
 }

@@ -17,10 +17,12 @@ fn spec() -> GuardSpec {
     GuardSpec {
         deploy_id: DeployId::new("20261121T084900", "abc123").unwrap(),
         token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
+        current_system: StorePath::new("/nix/store/aaa-nixos-system-old").unwrap(),
         old_system: StorePath::new("/nix/store/aaa-nixos-system-old").unwrap(),
         new_system: StorePath::new("/nix/store/bbb-nixos-system-it's-new").unwrap(),
         lease: Duration::from_secs(15),
-        deployer: "alice@laptop; $(rm -rf /)".into(),
+        rollback_limit: Duration::from_secs(300),
+        deployer: "alice@laptop; $(rm -rf /)\tforged".into(),
     }
 }
 
@@ -252,19 +254,6 @@ fn arm_results() {
 }
 
 #[test]
-fn the_arm_sessions_lines_are_the_protocols_or_the_targets() {
-    assert_eq!(ArmAndActivate::classify("arm=armed"), StreamLine::Armed);
-    assert_eq!(
-        ArmAndActivate::classify("failed_count=0"),
-        StreamLine::Protocol
-    );
-    assert_eq!(
-        ArmAndActivate::classify("activating the configuration..."),
-        StreamLine::Output("activating the configuration...")
-    );
-}
-
-#[test]
 fn confirm_after_the_guard_fired_is_too_late() {
     let r = Confirm {
         spec: spec(),
@@ -281,12 +270,23 @@ fn confirm_after_the_guard_fired_is_too_late() {
 
 #[test]
 fn persist_report() {
+    let new = spec().new_system;
     let r = persist()
-        .parse(&out("profile=ok\nboot_rc=0\ngeneration=7\n"))
+        .parse(&out(&format!(
+            "profile=ok\nboot_rc=0\ngeneration=7\nboot_loader=fixture\nboot_default={new}\npersisted=yes\n"
+        )))
         .unwrap();
     assert!(r.profile_set);
     assert_eq!(r.boot_rc, Some(0));
     assert_eq!(r.generation, Some(7));
+    assert!(r.is_persisted(&new));
+    // The host's word alone is not enough: the boot default must be it.
+    let elsewhere = persist()
+        .parse(&out(
+            "profile=ok\nboot_rc=0\ngeneration=7\nboot_loader=fixture\nboot_default=/nix/store/x\npersisted=yes\n",
+        ))
+        .unwrap();
+    assert!(!elsewhere.is_persisted(&new));
     assert!(
         !persist()
             .parse(&out("profile=failed\ngeneration=\n"))

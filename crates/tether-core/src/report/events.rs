@@ -45,6 +45,11 @@ pub enum EventKind {
     Phase { phase: Phase },
     /// A line of output from the target (activation, dry-activate).
     Output { line: String },
+    /// The trial's activation ended: as its session reported, or as learnt
+    /// from the host after the session was lost. The health checks start
+    /// only after this.
+    #[serde(rename_all = "camelCase")]
+    ActivationEnded { exit_code: Option<i32> },
     /// One attempt of one health check ended.
     Check {
         check: String,

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::checks::CheckFailure;
-use crate::remote::{activation_exit_meaning, GuardCause, GuardState};
+use crate::remote::{activation_exit_meaning, GuardCause, GuardState, LockHolder};
 
 /// The exit code of a `switch-to-configuration` run, said with its meaning.
 fn exit_text(code: Option<i32>) -> String {
@@ -92,6 +92,20 @@ pub enum Refusal {
         saw: String,
         now: Option<String>,
     },
+    /// Another process holds NixOS's switch lock: an activation is in
+    /// progress (or one was orphaned).
+    SwitchLockHeld {
+        holder: LockHolder,
+    },
+    /// The host's arm lock stayed taken for the whole bounded wait.
+    ArmLockTimeout,
+    /// `/run/tether` on the host belongs to someone other than root.
+    UntrustedRunDir,
+    /// The host already runs the new system (activated by hand) and has no
+    /// other system to return to: there is no trial to run.
+    NothingToReturnTo {
+        current: String,
+    },
     /// `tether rollback`: no generation to go back to.
     NoGeneration {
         #[serde(flatten)]
@@ -124,6 +138,20 @@ impl fmt::Display for Refusal {
                 f,
                 "the host's system changed since the preflight (it saw {saw}, the host now runs {}); nothing was activated",
                 now.as_deref().unwrap_or("nothing")
+            ),
+            Refusal::SwitchLockHeld { holder } => write!(
+                f,
+                "another activation is in progress: NixOS's switch lock (/run/nixos/switch-to-configuration.lock) is held by {holder}; nothing was copied or activated"
+            ),
+            Refusal::ArmLockTimeout => f.write_str(
+                "the host's arm lock (/run/tether/arm.lock) stayed taken for the whole wait; nothing was activated",
+            ),
+            Refusal::UntrustedRunDir => f.write_str(
+                "/run/tether on the host is not owned by root; tether will not keep its locks there, nothing was activated",
+            ),
+            Refusal::NothingToReturnTo { current } => write!(
+                f,
+                "the host already runs the new system ({current}) but has no other system to return to if it is unhealthy; nothing was done"
             ),
             Refusal::NoGeneration { problem } => problem.fmt(f),
         }
@@ -188,8 +216,21 @@ pub enum Failure {
     Copy {
         error: String,
     },
-    /// `systemd-run` could not start the guard.
-    GuardNotStarted,
+    /// The guard could not be started (what failed).
+    GuardNotStarted {
+        detail: String,
+    },
+    /// The guard did not stay up once started.
+    GuardDied,
+    /// Arming took past its deadline on the host; nothing was armed.
+    ArmExpired,
+    /// The activation could not take NixOS's switch lock (another process
+    /// took it after the preflight): nothing was activated.
+    #[serde(rename_all = "camelCase")]
+    SwitchLockTaken {
+        exit_code: Option<i32>,
+        holder: Option<LockHolder>,
+    },
     /// Arming printed nothing tether could read.
     Arming {
         error: String,
@@ -222,8 +263,26 @@ impl fmt::Display for Failure {
         match self {
             Failure::Preflight { error } => write!(f, "preflight: {error}"),
             Failure::Copy { error } => write!(f, "copy: {error}; nothing was activated"),
-            Failure::GuardNotStarted => {
-                f.write_str("could not start the guard (systemd-run failed); nothing was activated")
+            Failure::GuardNotStarted { detail } => write!(
+                f,
+                "could not start the guard ({detail}); nothing was activated"
+            ),
+            Failure::GuardDied => f.write_str(
+                "the guard stopped right after it was started; nothing was activated",
+            ),
+            Failure::ArmExpired => f.write_str(
+                "arming took longer than tether waits for it, so the host gave it up; nothing was activated",
+            ),
+            Failure::SwitchLockTaken { exit_code, holder } => {
+                write!(
+                    f,
+                    "switch-to-configuration {} because another process holds NixOS's switch lock",
+                    exit_text(*exit_code)
+                )?;
+                if let Some(holder) = holder {
+                    write!(f, " ({holder})")?;
+                }
+                f.write_str("; nothing was activated")
             }
             Failure::Arming { error } => write!(f, "arming the guard: {error}"),
             Failure::NotArmed { why } => write!(
@@ -255,6 +314,8 @@ pub struct PersistProblem {
     /// `switch-to-configuration boot`'s exit code; `None` when not reached
     /// or killed.
     pub boot_exit_code: Option<i32>,
+    /// What the boot loader's default entry boots, read back.
+    pub boot_default: Option<String>,
     pub stderr_tail: String,
 }
 
@@ -262,11 +323,15 @@ impl fmt::Display for PersistProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "profile {}, switch-to-configuration boot {}: {}",
+            "profile {}, switch-to-configuration boot {}, the boot default is {}",
             if self.profile_set { "set" } else { "not set" },
             exit_text(self.boot_exit_code),
-            self.stderr_tail
-        )
+            self.boot_default.as_deref().unwrap_or("unknown")
+        )?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, ": {}", self.stderr_tail)?;
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +366,8 @@ pub enum ConfirmAttempt {
     NotRunningNew { current: Option<String> },
     /// No usable answer over a fresh connection.
     Unanswered { error: String },
+    /// The host says the activation has not ended yet.
+    ActivationRunning,
 }
 
 impl fmt::Display for ConfirmAttempt {
@@ -312,6 +379,9 @@ impl fmt::Display for ConfirmAttempt {
                 current.as_deref().unwrap_or("nothing")
             ),
             ConfirmAttempt::Unanswered { error } => f.write_str(error),
+            ConfirmAttempt::ActivationRunning => {
+                f.write_str("the host says the activation has not ended yet")
+            }
         }
     }
 }
@@ -329,6 +399,14 @@ pub enum TrialProblem {
     ActivationTimedOut {
         seconds: u64,
     },
+    /// The activation's process is gone without an exit code.
+    ActivationDied,
+    /// The arm result did not come back in time.
+    ArmTimedOut {
+        seconds: u64,
+    },
+    /// The guard is gone and could not be started again.
+    GuardDead,
     /// The session broke before the arm result came back.
     SessionLostArming {
         error: String,
@@ -376,6 +454,15 @@ impl fmt::Display for TrialProblem {
             ),
             TrialProblem::ActivationTimedOut { seconds } => {
                 write!(f, "activation did not finish within {seconds}s")
+            }
+            TrialProblem::ActivationDied => {
+                f.write_str("the activation ended without an exit code (it was killed)")
+            }
+            TrialProblem::ArmTimedOut { seconds } => {
+                write!(f, "arming the guard did not answer within {seconds}s")
+            }
+            TrialProblem::GuardDead => {
+                f.write_str("the host's guard is gone and could not be started again")
             }
             TrialProblem::SessionLostArming { error } => {
                 write!(
@@ -474,6 +561,7 @@ pub enum NotPersisted {
         why: TrialProblem,
         current: String,
         profile: Option<String>,
+        boot_default: Option<String>,
     },
 }
 
@@ -496,10 +584,12 @@ impl fmt::Display for NotPersisted {
                 why,
                 current,
                 profile,
+                boot_default,
             } => write!(
                 f,
-                "{why}; the host confirmed the trial and runs {current}, but its profile points at {}",
-                profile.as_deref().unwrap_or("nothing")
+                "{why}; the host confirmed the trial and runs {current}, but its profile points at {} and its boot default at {}",
+                profile.as_deref().unwrap_or("nothing"),
+                boot_default.as_deref().unwrap_or("nothing it reported")
             ),
         }
     }
@@ -611,6 +701,8 @@ pub enum UnknownReason {
         why: TrialProblem,
         exit_code: Option<i32>,
         current: String,
+        /// Who holds NixOS's switch lock, when someone does.
+        switch_lock: Option<LockHolder>,
     },
     RebootedOnOther {
         why: TrialProblem,
@@ -653,11 +745,18 @@ impl fmt::Display for UnknownReason {
                 why,
                 exit_code,
                 current,
-            } => write!(
-                f,
-                "{why}; the guard's rollback failed (switch-to-configuration test of the previous system exited {}); the host runs {current}",
-                exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
-            ),
+                switch_lock,
+            } => {
+                write!(
+                    f,
+                    "{why}; the guard's rollback failed (switch-to-configuration test of the previous system exited {}); the host runs {current}",
+                    exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                )?;
+                if let Some(holder) = switch_lock {
+                    write!(f, "; NixOS's switch lock is held by {holder}")?;
+                }
+                Ok(())
+            }
             UnknownReason::RebootedOnOther { why, current } => write!(
                 f,
                 "{why}; the host rebooted during the trial and now runs {current}"

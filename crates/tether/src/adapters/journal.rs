@@ -316,6 +316,7 @@ impl Journal {
         let kind = match &event.kind {
             EventKind::Phase { .. } => "phase",
             EventKind::Output { .. } => "output",
+            EventKind::ActivationEnded { .. } => "activation-ended",
             EventKind::Check { .. } => "check",
             EventKind::Warning { .. } => "warning",
             EventKind::Outcome { .. } => "outcome",

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tether_core::model::StorePath;
-use tether_core::ports::{Conn, RemoteError, ScriptOutput, Target};
+use tether_core::ports::{Conn, OnLine, RemoteError, ScriptOutput, Target};
 use tether_core::remote::Script;
 use tokio::io::AsyncWriteExt;
 
@@ -20,7 +20,7 @@ impl Target for LocalShell {
         script: &Script,
         _conn: Conn,
         timeout: Duration,
-        _on_line: Option<&dyn Fn(&str)>,
+        _on_line: Option<OnLine<'_>>,
     ) -> Result<ScriptOutput, RemoteError> {
         let mut child = tokio::process::Command::new("sh")
             .stdin(Stdio::piped())

@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
-use tether_core::ports::{Conn, RemoteError, ScriptOutput, Target};
+use tether_core::ports::{Conn, OnLine, RemoteError, ScriptOutput, Stream, Target};
 use tether_core::remote::Script;
-use tether_core::shell::quote;
 use tether_core::text::tail;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// One host reached over OpenSSH, with the run's pinned known_hosts file.
@@ -100,6 +99,10 @@ impl SshTarget {
             o.push("-o".into());
             o.push(s);
         };
+        // The pinned key is the only one ssh may accept: tether's own
+        // known_hosts file, none of the system's, none from DNS or a
+        // command (a user's ssh_config may set those; the first value ssh
+        // sees wins, and these come first).
         opt("BatchMode=yes".into());
         opt("StrictHostKeyChecking=yes".into());
         opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
@@ -107,6 +110,12 @@ impl SshTarget {
         opt(format!("HostKeyAlias={}", Self::alias(&self.host)));
         opt("CheckHostIP=no".into());
         opt("UpdateHostKeys=no".into());
+        opt("VerifyHostKeyDNS=no".into());
+        // The script travels on stdin, with no terminal in between.
+        opt("RequestTTY=no".into());
+        for forced in ssh_client().forced {
+            opt((*forced).into());
+        }
         opt("ConnectTimeout=5".into());
         // A vanished host must fail the connection in seconds, not minutes.
         opt("ServerAliveInterval=2".into());
@@ -179,6 +188,55 @@ impl SshTarget {
     }
 }
 
+/// Settings that only newer OpenSSH clients know: forced when this
+/// machine's client has them (an older client has no such setting for a
+/// user's configuration to weaken either).
+struct SshClient {
+    forced: &'static [&'static str],
+}
+
+/// `KnownHostsCommand` (OpenSSH 8.5) could accept any key; `StdinNull`,
+/// `SessionType`, `ForkAfterAuthentication` and `RemoteCommand` (8.7)
+/// could take away the session tether runs its scripts in.
+const FORCED_8_5: &[&str] = &["KnownHostsCommand=none"];
+const FORCED_8_7: &[&str] = &[
+    "KnownHostsCommand=none",
+    "StdinNull=no",
+    "SessionType=default",
+    "ForkAfterAuthentication=no",
+    "RemoteCommand=none",
+];
+
+/// The machine's ssh client, asked once (`ssh -V`).
+fn ssh_client() -> &'static SshClient {
+    static CLIENT: std::sync::OnceLock<SshClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let version = std::process::Command::new("ssh")
+            .arg("-V")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .ok()
+            .and_then(|o| openssh_version(&String::from_utf8_lossy(&o.stderr)));
+        let forced = match version {
+            Some(v) if v < (8, 5) => &[][..],
+            Some(v) if v < (8, 7) => FORCED_8_5,
+            // Unknown: assume a current client.
+            _ => FORCED_8_7,
+        };
+        SshClient { forced }
+    })
+}
+
+/// `OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15` → (9, 2).
+fn openssh_version(text: &str) -> Option<(u32, u32)> {
+    let rest = text.trim().strip_prefix("OpenSSH_")?;
+    let (major, rest) = rest.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// A command for a child process of tether's: in its own process group, so
 /// a Ctrl-C at the terminal reaches tether (which decides what stops) and
 /// does not cut the SSH sessions of hosts in flight.
@@ -188,15 +246,25 @@ fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
+/// The command the remote login shell runs: a POSIX sh that reads the
+/// script from standard input and evaluates it. The script travels on
+/// stdin, never in a command line: it holds the deploy's token, and every
+/// process's arguments are readable by every local user, on the deployer
+/// (ssh's) and on the target (the remote shell's). `$(cat)` reads to the
+/// end first, so commands in the script see an exhausted stdin and cannot
+/// swallow the rest of the script.
+const REMOTE_COMMAND: &str = r#"sh -c 'eval "$(cat)"'"#;
+
 async fn read_lines<R: AsyncRead + Unpin>(
     reader: R,
-    on_line: Option<&dyn Fn(&str)>,
+    stream: Stream,
+    on_line: Option<OnLine<'_>>,
 ) -> std::io::Result<String> {
     let mut lines = BufReader::new(reader).lines();
     let mut all = String::new();
     while let Some(line) = lines.next_line().await? {
         if let Some(f) = on_line {
-            f(&line);
+            f(stream, &line);
         }
         all.push_str(&line);
         all.push('\n');
@@ -213,37 +281,46 @@ impl SshTarget {
         script: &Script,
         conn: Conn,
         timeout: Duration,
-        on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<OnLine<'_>>,
     ) -> Result<ScriptOutput, RemoteError> {
         let mut child = child_command("ssh")
             .args(first_options)
             .args(self.options(conn))
             .arg(self.host.address.to_string())
-            // The remote login shell runs this; `sh -c` makes the script's
+            // The remote login shell runs this; `sh` makes the script's
             // dialect POSIX sh whatever that shell is.
-            .arg(format!("sh -c {}", quote(&script.text)))
-            .stdin(Stdio::null())
+            .arg(REMOTE_COMMAND)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| RemoteError::Other(format!("could not run ssh: {e}")))?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let work = async {
+            let feed = async {
+                if let Some(mut stdin) = stdin {
+                    // A session that ends early closes its end; what it
+                    // does not read cannot matter then.
+                    let _ = stdin.write_all(script.text.as_bytes()).await;
+                    let _ = stdin.shutdown().await;
+                }
+            };
             let out = async {
                 match stdout {
-                    Some(s) => read_lines(s, on_line).await,
+                    Some(s) => read_lines(s, Stream::Stdout, on_line).await,
                     None => Ok(String::new()),
                 }
             };
             let err = async {
                 match stderr {
-                    Some(s) => read_lines(s, on_line).await,
+                    Some(s) => read_lines(s, Stream::Stderr, on_line).await,
                     None => Ok(String::new()),
                 }
             };
-            let (out, err) = tokio::join!(out, err);
+            let ((), out, err) = tokio::join!(feed, out, err);
             let status = child.wait().await;
             (out, err, status)
         };
@@ -272,7 +349,7 @@ impl Target for SshTarget {
         script: &Script,
         conn: Conn,
         timeout: Duration,
-        on_line: Option<&dyn Fn(&str)>,
+        on_line: Option<OnLine<'_>>,
     ) -> Result<ScriptOutput, RemoteError> {
         self.run_script(&[], script, conn, timeout, on_line).await
     }
@@ -321,6 +398,16 @@ impl Target for SshTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openssh_versions_are_read_from_ssh_v() {
+        assert_eq!(
+            openssh_version("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024\n"),
+            Some((9, 2))
+        );
+        assert_eq!(openssh_version("OpenSSH_8.4p1, LibreSSL"), Some((8, 4)));
+        assert_eq!(openssh_version("something else"), None);
+    }
 
     #[test]
     fn ssh_failures_are_classified_from_its_stderr() {

@@ -25,6 +25,11 @@ struct State {
     done: usize,
 }
 
+/// `exit 0`, or `killed` when there is no exit code.
+pub(crate) fn exit_words(code: Option<i32>) -> String {
+    code.map_or_else(|| "killed".into(), |c| format!("exit {c}"))
+}
+
 fn printable(s: &str, max: usize) -> String {
     let s: String = s.chars().filter(|c| !c.is_control()).collect();
     if s.chars().count() > max {
@@ -96,6 +101,10 @@ impl Reporter for LiveReporter {
             EventKind::Output { line } => {
                 let bar = self.bar(&mut state, host);
                 bar.set_message(format!("activating | {}", printable(line, 60)));
+            }
+            EventKind::ActivationEnded { exit_code } => {
+                let bar = self.bar(&mut state, host);
+                bar.set_message(format!("activation ended ({})", exit_words(*exit_code)));
             }
             EventKind::Check {
                 check,

@@ -44,6 +44,9 @@ impl Reporter for HumanReporter {
         let text = match &event.kind {
             EventKind::Phase { phase } => phase.as_str().to_string(),
             EventKind::Output { line } => format!("| {}", clean(line)),
+            EventKind::ActivationEnded { exit_code } => {
+                format!("activation ended ({})", super::live::exit_words(*exit_code))
+            }
             EventKind::Warning { message } => format!("warning: {}", clean(message)),
             EventKind::Check {
                 check,

@@ -5,6 +5,7 @@
 use super::*;
 use crate::model::{DeployId, Token};
 use crate::remote::PersistMode;
+use crate::remote::{ActivationState, GuardLife, Renewal};
 use crate::report::{CheckFailure, Trouble};
 use crate::spec::{CheckTarget, CheckType, HostChecks, Timeouts};
 use std::time::Duration;
@@ -116,7 +117,6 @@ fn start_picks_the_path_each_goal_and_state_needs() {
         (Goal::DryActivate, OLD, OLD, Some(Plan::DryActivate)),
         (Goal::Switch, NEW, NEW, None),
         (Goal::Test, NEW, OLD, None),
-        (Goal::Switch, NEW, OLD, Some(Plan::PersistOnly)),
     ];
     for (goal, current, profile, plan) in cases {
         let result = start(&job(goal), &facts(current, profile));
@@ -125,10 +125,65 @@ fn start_picks_the_path_each_goal_and_state_needs() {
                 let s = result.unwrap();
                 assert_eq!(s.plan, plan, "{goal:?} {current} {profile}");
                 assert_eq!(s.old.as_str(), current);
+                assert_eq!(s.current.as_str(), current);
             }
             None => assert_eq!(result, Err(Outcome::Unchanged), "{goal:?} {current}"),
         }
     }
+}
+
+/// Regression (issue: "confirmed must mean proven"): a system someone
+/// activated by hand with `test` was persisted as confirmed without its
+/// checks or a confirmation. Now it goes through the whole trial, and a
+/// rollback returns to what the host boots.
+#[test]
+fn a_new_system_activated_by_hand_gets_the_whole_trial_before_it_is_persisted() {
+    let s = start(&job(Goal::Switch), &facts(NEW, OLD)).unwrap();
+    assert_eq!(s.plan, Plan::Trial);
+    assert_eq!(s.current.as_str(), NEW);
+    assert_eq!(
+        s.old.as_str(),
+        OLD,
+        "a rollback returns to the boot default"
+    );
+    // The boot loader's default counts, not only the profile's.
+    let mut f = facts(NEW, NEW);
+    f.boot_default = Some(crate::remote::BootDefault {
+        loader: crate::remote::BootLoader::Fixture,
+        system: Some(OLD.into()),
+    });
+    let s = start(&job(Goal::Switch), &f).unwrap();
+    assert_eq!((s.plan, s.old.as_str()), (Plan::Trial, OLD));
+    // Persisted everywhere: nothing to do.
+    let mut f = facts(NEW, NEW);
+    f.boot_default = Some(crate::remote::BootDefault {
+        loader: crate::remote::BootLoader::Fixture,
+        system: Some(NEW.into()),
+    });
+    assert_eq!(start(&job(Goal::Switch), &f), Err(Outcome::Unchanged));
+    // Nothing else to return to: refused, never persisted unchecked.
+    let mut f = facts(NEW, NEW);
+    f.boot_default = None;
+    f.profile_system = None;
+    assert!(matches!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::NothingToReturnTo { .. }
+    ));
+}
+
+#[test]
+fn a_held_switch_lock_refuses_the_host_naming_the_holder() {
+    let mut f = facts(OLD, OLD);
+    let holder = crate::remote::LockHolder {
+        pid: Some(4242),
+        unit: Some("orphan.service".into()),
+        command: Some("flock /run/nixos/switch-to-configuration.lock sleep 60".into()),
+    };
+    f.switch_lock = Some(holder.clone());
+    assert_eq!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::SwitchLockHeld { holder }
+    );
 }
 
 #[test]
@@ -184,18 +239,28 @@ fn arming_that_did_not_arm_ends_the_deploy_with_nothing_activated() {
             reason: Refusal::GuardTool { .. }
         })
     ));
-    assert_eq!(
-        after_arm(&ArmResult::Failed, &old()),
+    assert!(matches!(
+        after_arm(&ArmResult::Failed("systemd-run".into()), &old()),
         Some(Outcome::Failed {
-            reason: Failure::GuardNotStarted
+            reason: Failure::GuardNotStarted { .. }
         })
-    );
+    ));
+    let cases = [
+        (ArmResult::GuardDied, "failed"),
+        (ArmResult::Expired, "failed"),
+        (ArmResult::LockTimeout, "refused"),
+        (ArmResult::Untrusted, "refused"),
+    ];
+    for (arm, outcome) in cases {
+        assert_eq!(after_arm(&arm, &old()).unwrap().name(), outcome, "{arm:?}");
+    }
 }
 
 fn armed(exit_code: Option<i32>) -> ArmReport {
     ArmReport {
         arm: ArmResult::Armed,
         exit_code,
+        switch_locked: false,
         lease_renewed: exit_code == Some(0),
         first_look: None,
     }
@@ -213,6 +278,21 @@ fn the_activations_session_decides_what_follows() {
     assert_eq!(
         after_activation(Ok(armed(Some(4))), true, &old()),
         Activated::Abandon(TrialProblem::ActivationFailed { exit_code: Some(4) })
+    );
+    // switch-to-configuration-ng could not take the switch lock: nothing
+    // was activated, nothing is rolled back.
+    let locked = ArmReport {
+        switch_locked: true,
+        ..armed(Some(11))
+    };
+    assert_eq!(
+        after_activation(Ok(locked), true, &old()),
+        Activated::Done(Outcome::Failed {
+            reason: Failure::SwitchLockTaken {
+                exit_code: Some(11),
+                holder: None
+            }
+        })
     );
     assert_eq!(
         after_activation(
@@ -295,17 +375,27 @@ fn a_confirmation_attempt_confirms_retries_or_ends_the_trial() {
 }
 
 fn persist_report(profile_set: bool, boot_rc: Option<i32>) -> PersistReport {
+    let ok = profile_set && boot_rc == Some(0);
     PersistReport {
         profile_set,
         boot_rc,
         generation: Some(2),
+        boot_default: Some(crate::remote::BootDefault {
+            loader: crate::remote::BootLoader::Fixture,
+            system: Some(if ok { NEW } else { OLD }.into()),
+        }),
+        persisted: ok,
     }
+}
+
+fn new() -> StorePath {
+    StorePath::new(NEW).unwrap()
 }
 
 #[test]
 fn persisted_only_when_profile_and_boot_loader_both_took_it() {
     assert_eq!(
-        persisted(Ok(persist_report(true, Some(0))), ""),
+        persisted(Ok(persist_report(true, Some(0))), &new(), ""),
         Outcome::Confirmed {
             generation: Some(2),
             persisted: true
@@ -314,7 +404,7 @@ fn persisted_only_when_profile_and_boot_loader_both_took_it() {
     for (profile, rc) in [(true, Some(1)), (false, None), (true, None)] {
         assert!(
             matches!(
-                persisted(Ok(persist_report(profile, rc)), "boom"),
+                persisted(Ok(persist_report(profile, rc)), &new(), "boom"),
                 Outcome::ConfirmedNotPersisted {
                     reason: NotPersisted::Failed { .. }
                 }
@@ -322,39 +412,159 @@ fn persisted_only_when_profile_and_boot_loader_both_took_it() {
             "{profile} {rc:?}"
         );
     }
+    // The host says persisted, but its boot default is another system.
+    let mut elsewhere = persist_report(true, Some(0));
+    elsewhere.boot_default = Some(crate::remote::BootDefault {
+        loader: crate::remote::BootLoader::Fixture,
+        system: Some(OLD.into()),
+    });
     assert!(matches!(
-        persisted(Err(ParseError("x".into())), ""),
+        persisted(Ok(elsewhere), &new(), ""),
+        Outcome::ConfirmedNotPersisted {
+            reason: NotPersisted::Failed { .. }
+        }
+    ));
+    assert!(matches!(
+        persisted(Err(ParseError("x".into())), &new(), ""),
         Outcome::ConfirmedNotPersisted {
             reason: NotPersisted::NoReport { .. }
         }
     ));
     assert_eq!(
-        boot_default_set(Ok(persist_report(true, Some(0))), ""),
+        boot_default_set(Ok(persist_report(true, Some(0))), &new(), ""),
         Outcome::BootDefaultSet {
             generation: Some(2)
         }
     );
     assert!(matches!(
-        boot_default_set(Ok(persist_report(true, Some(1))), ""),
+        boot_default_set(Ok(persist_report(true, Some(1))), &new(), ""),
         Outcome::Failed {
             reason: Failure::BootDefault { .. }
         }
     ));
 }
 
+fn renewal(state: GuardState, activation: Option<ActivationState>) -> Renewal {
+    Renewal {
+        state,
+        activation,
+        guard: GuardLife::Alive,
+    }
+}
+
+/// Regression (issue: "confirmed must mean proven", item 4): a renewal
+/// that saw `finished` first used to end the trial, and the outcome was
+/// then read from the profile alone. The keeper now leaves every confirmed
+/// state to the trial.
 #[test]
-fn a_renewal_renews_while_the_trial_is_on_and_stops_when_the_guard_left() {
-    assert_eq!(after_renewal(&Ok(GuardState::Armed)), Renewal::Renewed);
-    assert_eq!(after_renewal(&Ok(GuardState::Confirmed)), Renewal::Renewed);
-    assert_eq!(
-        after_renewal(&Ok(GuardState::RolledBack)),
-        Renewal::GuardLeft(GuardState::RolledBack)
-    );
+fn a_renewal_never_decides_a_confirmed_trial() {
+    for state in [
+        GuardState::Armed,
+        GuardState::Confirmed,
+        GuardState::Finished,
+        GuardState::PersistFailed,
+    ] {
+        assert_eq!(
+            after_renewal(&Ok(renewal(state.clone(), None))),
+            Renewed::Renewed,
+            "{state}"
+        );
+    }
+    for state in [
+        GuardState::RolledBack,
+        GuardState::RollingBack,
+        GuardState::RollbackFailed,
+        GuardState::NotActivated,
+        GuardState::Missing,
+    ] {
+        assert_eq!(
+            after_renewal(&Ok(renewal(state.clone(), None))),
+            Renewed::GuardLeft(state)
+        );
+    }
+    let mut dead = renewal(GuardState::Armed, None);
+    dead.guard = GuardLife::Dead;
+    assert_eq!(after_renewal(&Ok(dead)), Renewed::GuardDead);
+    let mut restarted = renewal(GuardState::Armed, None);
+    restarted.guard = GuardLife::Restarted;
+    assert_eq!(after_renewal(&Ok(restarted)), Renewed::GuardRestarted);
     assert_eq!(
         after_renewal(&Err(CallError::Remote(RemoteError::Unreachable(
             "x".into()
         )))),
-        Renewal::NoAnswer
+        Renewed::NoAnswer
+    );
+}
+
+/// Regression (issue: "confirmed must mean proven", item 1): after a lost
+/// session the deploy went on to confirm before the activation had ended.
+/// It now waits for the end, and only an exit code of 0 lets it go on.
+#[test]
+fn after_a_lost_session_only_the_activations_end_lets_the_trial_go_on() {
+    use ActivationState as A;
+    let cases = [
+        (Some(A::NotStarted), Progress::Wait),
+        (Some(A::Running), Progress::Wait),
+        (None, Progress::Wait),
+        (
+            Some(A::Exited {
+                code: 0,
+                switch_locked: false,
+            }),
+            Progress::Ended,
+        ),
+        (
+            Some(A::Exited {
+                code: 2,
+                switch_locked: false,
+            }),
+            Progress::Abandon(TrialProblem::ActivationFailed { exit_code: Some(2) }),
+        ),
+        (
+            Some(A::Died),
+            Progress::Abandon(TrialProblem::ActivationDied),
+        ),
+    ];
+    for (activation, progress) in cases {
+        assert_eq!(
+            activation_progress(&renewal(GuardState::Armed, activation.clone())),
+            progress,
+            "{activation:?}"
+        );
+    }
+    assert!(matches!(
+        activation_progress(&renewal(
+            GuardState::Armed,
+            Some(A::Exited {
+                code: 11,
+                switch_locked: true
+            })
+        )),
+        Progress::Done(Outcome::Failed {
+            reason: Failure::SwitchLockTaken { .. }
+        })
+    ));
+    assert_eq!(
+        activation_progress(&renewal(GuardState::RolledBack, Some(A::Running))),
+        Progress::GuardLeft(GuardState::RolledBack)
+    );
+}
+
+#[test]
+fn a_confirmation_needs_the_activation_to_have_ended_well() {
+    assert_eq!(
+        confirm_attempt(Ok(confirm_report(
+            ConfirmResult::ActivationRunning,
+            GuardState::Armed
+        ))),
+        ConfirmStep::Retry(ConfirmAttempt::ActivationRunning)
+    );
+    assert_eq!(
+        confirm_attempt(Ok(confirm_report(
+            ConfirmResult::ActivationFailed(Some(2)),
+            GuardState::Armed
+        ))),
+        ConfirmStep::ActivationFailed(Some(2))
     );
 }
 
@@ -364,10 +574,12 @@ fn inspection(state: GuardState, current: &str, boot_id: &str) -> Inspection {
         boot_id: boot_id.into(),
         state,
         cause: None,
-        activation_rc: None,
+        activation: None,
         rollback_rc: None,
         profile_system: Some(OLD.into()),
         profile_generation: Some(1),
+        boot_default: None,
+        switch_lock: None,
     }
 }
 
@@ -455,6 +667,15 @@ fn a_finished_trial_counts_as_persisted_only_when_the_profile_has_the_new_system
         })
     ));
     i.profile_system = Some(NEW.into());
+    // The profile alone is not enough: the boot loader must boot it too.
+    assert!(matches!(
+        after_inspection(&i, "boot1", &old(), &j, &why()),
+        Verdict::Done(Outcome::ConfirmedNotPersisted { .. })
+    ));
+    i.boot_default = Some(crate::remote::BootDefault {
+        loader: crate::remote::BootLoader::Fixture,
+        system: Some(NEW.into()),
+    });
     assert_eq!(
         after_inspection(&i, "boot1", &old(), &j, &why()),
         Verdict::Done(Outcome::Confirmed {
@@ -476,6 +697,33 @@ fn a_finished_trial_counts_as_persisted_only_when_the_profile_has_the_new_system
             persisted: false
         })
     );
+}
+
+#[test]
+fn a_failed_persist_and_an_activation_that_never_took_the_lock_end_as_they_are() {
+    let j = job(Goal::Switch);
+    assert!(matches!(
+        after_inspection(
+            &inspection(GuardState::PersistFailed, NEW, "boot1"),
+            "boot1",
+            &old(),
+            &j,
+            &why()
+        ),
+        Verdict::Done(Outcome::ConfirmedNotPersisted { .. })
+    ));
+    assert!(matches!(
+        after_inspection(
+            &inspection(GuardState::NotActivated, OLD, "boot1"),
+            "boot1",
+            &old(),
+            &j,
+            &why()
+        ),
+        Verdict::Done(Outcome::Failed {
+            reason: Failure::SwitchLockTaken { .. }
+        })
+    ));
 }
 
 #[test]
