@@ -34,6 +34,28 @@ pub fn one_line(s: &str) -> String {
         .collect()
 }
 
+/// `url` fit to print: a password becomes `***` (a user name alone too: a
+/// token often travels as `https://TOKEN@host`), and so does the value of
+/// every query parameter (tokens travel there). Check URLs end up in
+/// events, the deployer's journal and the target's journal.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    // Both only fail for URLs that cannot have credentials at all.
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    } else if !parsed.username().is_empty() {
+        let _ = parsed.set_username("***");
+    }
+    if parsed.query().is_some() {
+        let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let redacted: Vec<String> = keys.iter().map(|k| format!("{k}=***")).collect();
+        parsed.set_query(Some(&redacted.join("&")));
+    }
+    parsed.to_string()
+}
+
 /// A store path shortened for tables, keeping 7 characters of its hash:
 /// systems of one host often share their name (`nixos-system-web1-24.05`)
 /// and differ only there. `/nix/store/0123456…-nixos-system-web1-24.05`
@@ -113,6 +135,23 @@ mod tests {
         assert_eq!(suggest("sshuser", known), Some("sshUser".into()));
         assert_eq!(suggest("hostkey", known), Some("hostKey".into()));
         assert_eq!(suggest("colour", known), None);
+    }
+
+    #[test]
+    fn urls_lose_their_passwords_and_query_values() {
+        assert_eq!(
+            redact_url("https://alice:s3cret@example.org/health?token=abc&x=1"),
+            "https://alice:***@example.org/health?token=***&x=***"
+        );
+        assert_eq!(
+            redact_url("https://ghp_T0KEN@example.org/"),
+            "https://***@example.org/"
+        );
+        assert_eq!(
+            redact_url("http://[fd00::1]:8080/"),
+            "http://[fd00::1]:8080/"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

@@ -342,7 +342,7 @@ fn tether_check_passes_a_healthy_fleet_and_names_a_stopped_service() {
 }
 
 #[test]
-fn every_invalid_check_definition_exits_2_and_touches_no_host() {
+fn every_invalid_check_or_ssh_setting_exits_2_naming_host_and_field_and_touches_no_host() {
     let f = Fleet::up("c10", 1);
     let before = f.current("host1");
     let cases = [
@@ -371,6 +371,61 @@ fn every_invalid_check_definition_exits_2_and_touches_no_host() {
             r#"field "checks.web.on""#,
         ),
         (r#"failedUnits = "some";"#, r#"field "failedUnits""#),
+        // Found at load, not mid-deploy (issue: "confirmed must mean proven", 12).
+        (
+            r#"checks.web = { type = "http"; headers.X-Token = builtins.fromJSON "\"a\\u0001b\""; };"#,
+            r#"field "checks.web.headers.X-Token": "a\u{1}b" is not valid here: header values must be visible ASCII"#,
+        ),
+        (
+            r#"checks.web = { type = "http"; caFile = "/nonexistent/ca.pem"; };"#,
+            r#"field "checks.web.caFile": "/nonexistent/ca.pem" is not a readable file"#,
+        ),
+        (
+            r#"checks.daemons = { type = "units"; units = [ "fixture-*.service" ]; };"#,
+            r#"field "checks.daemons.units[0]": "fixture-*.service" is not valid here: globs are not allowed"#,
+        ),
+        (
+            r#"checks.daemons = { type = "units"; units = [ "nginx" ]; };"#,
+            r#"field "checks.daemons.units[0]": "nginx" is not valid here: not a systemd unit name"#,
+        ),
+        // sshOptions that would weaken the pinned key or the fresh
+        // confirmation, or break the session (item 8).
+        (
+            r#"sshOptions = [ "-o" "KnownHostsCommand=/bin/echo" ];"#,
+            r#"field "sshOptions[1]": KnownHostsCommand is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-oVerifyHostKeyDNS=yes" ];"#,
+            r#"field "sshOptions[0]": VerifyHostKeyDNS is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-o" "GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts" ];"#,
+            r#"field "sshOptions[1]": GlobalKnownHostsFile is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-F" "/etc/ssh/other_config" ];"#,
+            r#"field "sshOptions[0]": -F is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-o" "ControlMaster=auto" ];"#,
+            r#"field "sshOptions[1]": ControlMaster is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-o" "ControlPath=/tmp/cm-%r" ];"#,
+            r#"field "sshOptions[1]": ControlPath is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-C" "-S" "/tmp/cm" ];"#,
+            r#"field "sshOptions[1]": -S is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "-M" ];"#,
+            r#"field "sshOptions[0]": -M is not allowed"#,
+        ),
+        (
+            r#"sshOptions = [ "ProxyJump=bastion" ];"#,
+            r#"field "sshOptions[0]": "ProxyJump=bastion" is not an ssh option"#,
+        ),
     ];
     for (inventory, expected) in cases {
         host1(&f, "v2", "", inventory);

@@ -273,13 +273,18 @@ fn read_headers(f: &mut Fields<'_>, ok: &mut bool) -> Vec<(String, String)> {
             continue;
         }
         match v {
-            Value::String(s) if !s.chars().any(|c| c == '\r' || c == '\n') => {
+            // What an HTTP client sends as is: visible ASCII and tabs. A
+            // control character would fail every attempt mid-deploy.
+            Value::String(s) if s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => {
                 headers.push((name, s))
             }
             Value::String(s) => {
                 f.error(
                     &field,
-                    Problem::InvalidValue(s, "header values cannot contain line breaks"),
+                    Problem::InvalidValue(
+                        s,
+                        "header values must be visible ASCII: no line breaks or other control characters",
+                    ),
                 );
                 *ok = false;
             }
@@ -359,15 +364,25 @@ fn read_units(f: &mut Fields<'_>) -> Option<Vec<String>> {
     for (i, item) in items.into_iter().enumerate() {
         let field = format!("units[{i}]");
         match item {
-            Value::String(s)
-                if !s.is_empty()
-                    && !s.starts_with('-')
-                    && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-            {
-                units.push(s)
+            Value::String(s) if is_unit_name(&s) => units.push(s),
+            Value::String(s) if s.contains(['*', '?', '[']) => {
+                f.error(
+                    &field,
+                    Problem::InvalidValue(
+                        s,
+                        "globs are not allowed: name each unit (a glob's first match would be all that counts)",
+                    ),
+                );
+                ok = false;
             }
             Value::String(s) => {
-                f.error(&field, Problem::InvalidValue(s, "not a systemd unit name"));
+                f.error(
+                    &field,
+                    Problem::InvalidValue(
+                        s,
+                        "not a systemd unit name (name.service, name.socket, name@instance.service, …)",
+                    ),
+                );
                 ok = false;
             }
             other => {
@@ -377,4 +392,34 @@ fn read_units(f: &mut Fields<'_>) -> Option<Vec<String>> {
         }
     }
     ok.then_some(units)
+}
+
+/// The unit types systemd knows.
+const UNIT_TYPES: &[&str] = &[
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+];
+
+/// `name.type` with systemd's unit name characters (letters, digits,
+/// `:_.\@-`), not starting with `-`, and a known type.
+fn is_unit_name(s: &str) -> bool {
+    let Some((name, kind)) = s.rsplit_once('.') else {
+        return false;
+    };
+    !name.is_empty()
+        && !name.starts_with('-')
+        && s.len() <= 255
+        && UNIT_TYPES.contains(&kind)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.\\@-".contains(c))
 }

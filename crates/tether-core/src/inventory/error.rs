@@ -62,6 +62,8 @@ pub enum Problem {
     InvalidSshOption(String),
     #[error("{0}")]
     SshOption(super::ssh_options::SshOptionProblem),
+    #[error("{0:?} is not a readable file on this machine (the check reads it on every attempt)")]
+    FileNotFound(String),
     #[error("{secs} seconds is out of range ({min}..{max})")]
     DurationOutOfRange { secs: u64, min: u64, max: u64 },
     #[error("unknown check type {found:?} (expected one of: http, tcp, command, units){}", suggestion_suffix(.suggestion))]
@@ -146,7 +148,7 @@ impl InventoryErrors {
         self.0.is_empty()
     }
 
-    pub(crate) fn push(&mut self, location: Location, field: Option<&str>, problem: Problem) {
+    pub fn push(&mut self, location: Location, field: Option<&str>, problem: Problem) {
         self.0.push(InventoryError {
             location,
             field: field.map(str::to_owned),

@@ -140,6 +140,27 @@ impl Inventory {
         self.hosts.iter().find(|h| h.name.as_str() == name)
     }
 
+    /// The files the deployer's checks read (`caFile`), with where each is
+    /// named: the caller checks they exist on this machine, as the core
+    /// does no I/O.
+    pub fn local_files(&self) -> Vec<(Location, String, String)> {
+        let mut files = Vec::new();
+        for host in &self.hosts {
+            for check in &host.checks.checks {
+                if let crate::spec::CheckKind::Http(http) = &check.kind {
+                    if let Some(ca) = &http.ca_file {
+                        files.push((
+                            Location::Host(host.name.to_string()),
+                            format!("checks.{}.caFile", check.name),
+                            ca.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        files
+    }
+
     /// Validates the evaluated inventory, collecting every problem.
     pub fn from_eval(doc: EvalDocument) -> Result<Inventory, InventoryErrors> {
         let mut errors = InventoryErrors::default();

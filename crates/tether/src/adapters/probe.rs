@@ -60,11 +60,13 @@ impl Probe for LocalProbe {
             // virtual hosts can be checked by IP.
             req = req.header(name.as_str(), value.as_str());
         }
+        // `without_url`: reqwest's errors quote the URL, which may carry
+        // credentials; the check's own message names it, redacted.
         let mut response = req.send().await.map_err(|e| {
             if e.is_timeout() {
                 format!("no answer within {}s", request.timeout.as_secs())
             } else {
-                chain(&e)
+                chain(&e.without_url())
             }
         })?;
         let status = response.status().as_u16();
@@ -73,7 +75,7 @@ impl Probe for LocalProbe {
             match response.chunk().await {
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
-                Err(e) => return Err(format!("reading the body: {}", chain(&e))),
+                Err(e) => return Err(format!("reading the body: {}", chain(&e.without_url()))),
             }
         }
         body.truncate(MAX_BODY);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tether_core::inventory::{
-    parse_toplevels, EvalDocument, Inventory, InventoryErrors, Toplevel, ToplevelError,
+    parse_toplevels, EvalDocument, Inventory, InventoryErrors, Problem, Toplevel, ToplevelError,
 };
 use tether_core::model::{HostName, StorePath};
 
@@ -178,7 +178,20 @@ impl Nix {
                     source_desc: source.to_string(),
                     error,
                 })?;
-        Ok(Inventory::from_eval(doc)?)
+        let inventory = Inventory::from_eval(doc)?;
+        // Files the checks read on this machine must be there before any
+        // host is touched, not found missing mid-deploy.
+        let mut errors = InventoryErrors::default();
+        for (location, field, path) in inventory.local_files() {
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                errors.push(location, Some(&field), Problem::FileNotFound(path));
+            }
+        }
+        if errors.is_empty() {
+            Ok(inventory)
+        } else {
+            Err(LoadError::Invalid(errors))
+        }
     }
 
     /// Evaluates the system toplevel (drvPath, outPath, system) of every
