@@ -14,6 +14,13 @@ ip link set "$IFACE" up
 ip -4 addr flush dev "$IFACE"
 ip addr add "$ADDRESS/$PREFIX" dev "$IFACE"
 ip route replace default via "$GATEWAY" dev "$IFACE"
+# The lab's IPv6 address: fixture systems manage IPv4 only.
+if [ -n "${ADDRESS6:-}" ]; then
+    ip -6 addr flush dev "$IFACE" scope global
+    ip -6 addr add "$ADDRESS6/128" dev "$IFACE" nodad
+    ip -6 route replace "$GATEWAY6" dev "$IFACE"
+    ip -6 route replace default via "$GATEWAY6" dev "$IFACE"
+fi
 if [ -x /usr/lib/tether-lab/stage2 ]; then
     /usr/lib/tether-lab/stage2
 fi

@@ -9,6 +9,11 @@
 //! host route (not a shared bridge) means a host that takes another host's
 //! address becomes unreachable without disturbing the host it imitates, and a
 //! blackhole route for the /24 keeps lab traffic from ever leaving the machine.
+//!
+//! Every host also has an IPv6 address, `fd31:7e7:S::(10+i)/128`, routed the
+//! same way (gateway `fd31:7e7:S::1`, a /128 host route, a blackhole for the
+//! /64): the fixture systems only manage IPv4, so a test can reach a host
+//! over IPv6 whatever system it runs.
 
 use crate::{cmd, image, paths};
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,6 +38,9 @@ pub struct LabHost {
     pub address: String,
     pub gateway: String,
     pub prefix_length: u8,
+    /// The host's IPv6 address (the lab's, never changed by a fixture system).
+    pub address6: String,
+    pub gateway6: String,
     /// The host's interface inside its namespace.
     pub interface: String,
     /// The pinned SSH host public key, `ssh-ed25519 AAAA…`.
@@ -250,6 +258,8 @@ impl Lab {
                 address: format!("10.231.{slot}.{}", 10 + i),
                 gateway: format!("10.231.{slot}.1"),
                 prefix_length: 24,
+                address6: format!("fd31:7e7:{slot}::{}", 10 + i),
+                gateway6: format!("fd31:7e7:{slot}::1"),
                 interface: "eth0".into(),
                 host_key: String::new(),
                 machine_id: random_hex(16)?,
@@ -283,13 +293,20 @@ impl Lab {
                 "blackhole",
                 &format!("10.231.{slot}.0/24"),
             ])?;
+            ip(&[
+                "-6",
+                "route",
+                "replace",
+                "blackhole",
+                &format!("fd31:7e7:{slot}::/64"),
+            ])?;
             for host in info.hosts.iter_mut() {
                 host.host_key = prepare_host(&lab.info, host, &client_pub)?;
             }
             let known: String = info
                 .hosts
                 .iter()
-                .map(|h| format!("{} {}\n", h.address, h.host_key))
+                .map(|h| format!("{},{} {}\n", h.address, h.address6, h.host_key))
                 .collect();
             write_file(&info.known_hosts, &known, 0o644)?;
             Ok(())
@@ -654,6 +671,14 @@ impl Lab {
             &format!("{}/32", h.address),
             "dev",
             &h.link,
+        ])?;
+        ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{}/128", h.address6),
+            "dev",
+            &h.link,
         ])
     }
 
@@ -732,6 +757,13 @@ impl Lab {
             "blackhole",
             &format!("10.231.{}.0/24", info.slot),
         ]));
+        let _ = cmd::output(Command::new("ip").args([
+            "-6",
+            "route",
+            "delete",
+            "blackhole",
+            &format!("fd31:7e7:{}::/64", info.slot),
+        ]));
         std::thread::sleep(Duration::from_millis(100));
         let leftovers = self.leftovers();
         if leftovers.is_empty() {
@@ -798,6 +830,12 @@ impl Lab {
                 found.push(format!("route {r}"));
             }
         }
+        if let Ok(routes) = cmd::stdout(Command::new("ip").args(["-6", "route", "show"])) {
+            let prefix = format!("fd31:7e7:{}::", info.slot);
+            for r in routes.lines().filter(|r| r.contains(&prefix)) {
+                found.push(format!("route {r}"));
+            }
+        }
         found
     }
 }
@@ -850,8 +888,8 @@ fn prepare_host(info: &LabInfo, h: &LabHost, client_pub: &str) -> Result<String>
     write_file(
         &upper.join("etc/tether-lab/network"),
         &format!(
-            "IFACE={}\nADDRESS={}\nPREFIX={}\nGATEWAY={}\n",
-            h.interface, h.address, h.prefix_length, h.gateway
+            "IFACE={}\nADDRESS={}\nPREFIX={}\nGATEWAY={}\nADDRESS6={}\nGATEWAY6={}\n",
+            h.interface, h.address, h.prefix_length, h.gateway, h.address6, h.gateway6
         ),
         0o644,
     )?;
@@ -872,11 +910,28 @@ fn prepare_host(info: &LabInfo, h: &LabHost, client_pub: &str) -> Result<String>
         &h.netns,
     ])?;
     ip(&["addr", "add", &format!("{}/32", h.gateway), "dev", &h.link])?;
+    ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/128", h.gateway6),
+        "dev",
+        &h.link,
+        "nodad",
+    ])?;
     ip(&["link", "set", &h.link, "up"])?;
     ip(&[
         "route",
         "replace",
         &format!("{}/32", h.address),
+        "dev",
+        &h.link,
+    ])?;
+    ip(&[
+        "-6",
+        "route",
+        "replace",
+        &format!("{}/128", h.address6),
         "dev",
         &h.link,
     ])?;

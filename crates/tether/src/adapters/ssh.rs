@@ -363,10 +363,12 @@ impl Target for SshTarget {
         }
         let output = cmd
             .arg("--to")
+            // IPv6 in brackets (`ssh-ng://root@[fd00::1]`), which Nix
+            // hands to ssh without them.
             .arg(format!(
                 "ssh-ng://{}@{}",
                 self.host.ssh_user.as_str(),
-                self.host.address
+                self.host.address.for_url()
             ))
             .arg(path.as_str())
             .env("NIX_SSHOPTS", self.options(Conn::Shared).join(" "))
