@@ -17,7 +17,16 @@ use crate::spec::{
     Check, CheckKind, CheckTarget, CheckType, CommandOn, FailedUnits, HostChecks, HttpCheck,
     DEFAULT_ATTEMPT_TIMEOUT, FAILED_UNITS, SYSTEM_RUNNING,
 };
-use crate::text::excerpt;
+use crate::text::{excerpt, redact_url};
+
+/// A unit that fails again and again (a crash loop, a timer that keeps
+/// starting a failing unit) is, for a moment after each failure, not
+/// failed; and `switch-to-configuration`, like NixOS's, resets failed units.
+/// A look right after the activation can miss such a unit, so the system
+/// checks (`failedUnits`, `systemRunning`) pass only on a look taken at
+/// least this long after the checks began (at most the check timeout). A
+/// failure counts at once.
+pub const SYSTEM_SETTLE: Duration = Duration::from_secs(1);
 
 /// What `failedUnits = new` compares against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,12 +128,15 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     if checks.system_running {
         system_jobs.push(Job::SystemRunning);
     }
+    // A pass of the system checks counts only from a look this late.
+    let settled_at = clock.now() + SYSTEM_SETTLE.min(checks.timeout);
     // The two built-in checks read the same thing: one remote call per
     // attempt serves both (each is still reported on its own).
     let system_run = async {
         let mut pending: Vec<&Job<'_>> = system_jobs.iter().collect();
         let mut attempt = 0u32;
         let mut failures = Vec::new();
+        let mut seen = seen_system.cloned();
         while !pending.is_empty() {
             attempt += 1;
             let left = deadline.saturating_sub(clock.now());
@@ -135,7 +147,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             };
             // The first look may already have been taken (`seen_system`:
             // what the activation's session printed right after it).
-            let seen = seen_system.filter(|_| attempt == 1).cloned();
+            let seen = seen.take();
             let state = match seen {
                 Some(state) => Ok(state),
                 None => call(target, &SystemState, Conn::Shared, timeout)
@@ -143,7 +155,9 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                     .map_err(|e| e.to_string()),
             };
             let now = clock.now();
+            let early = now < settled_at;
             let mut still = Vec::new();
+            let mut reported = false;
             for job in pending {
                 let result = state.as_ref().map_err(Clone::clone).and_then(|state| {
                     if matches!(job, Job::FailedUnits) {
@@ -152,6 +166,12 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                         judge_system_running(checks.failed_units, &state.state)
                     }
                 });
+                if early && result.is_ok() {
+                    // No verdict yet: look again once settled.
+                    still.push(job);
+                    continue;
+                }
+                reported = true;
                 let Err(detail) = job.report(attempt, result, on_attempt) else {
                     continue;
                 };
@@ -162,10 +182,17 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                 }
             }
             pending = still;
+            if !reported {
+                // Only early passes: this look was no attempt.
+                attempt -= 1;
+            }
             if !pending.is_empty() {
-                clock
-                    .sleep(checks.interval.min(deadline.saturating_sub(now)))
-                    .await;
+                let pause = if early {
+                    checks.interval.min(settled_at.saturating_sub(now))
+                } else {
+                    checks.interval
+                };
+                clock.sleep(pause.min(deadline.saturating_sub(now))).await;
             }
         }
         failures
@@ -222,11 +249,13 @@ async fn attempt_once<T: Target, P: Probe>(
                 insecure: http.insecure,
                 timeout,
             };
+            // What is printed of the URL never holds its secrets.
+            let shown = redact_url(&request.url);
             let response = probe
                 .http(&request)
                 .await
-                .map_err(|e| format!("GET {}: {e}", request.url))?;
-            judge_http(http, &request.url, &response)
+                .map_err(|e| format!("GET {shown}: {e}"))?;
+            judge_http(http, &shown, &response)
         }
         CheckKind::Tcp(tcp) => {
             let address = tcp.address.as_ref().unwrap_or(&host.address);

@@ -339,6 +339,60 @@ fn a_failed_unit_counted_but_gone_from_the_list_is_no_pass() {
     assert!(judge_failed_units(FailedUnits::Ignore, &before, &flapping).is_ok());
 }
 
+/// Runs the system checks with `first` as the activation's own look and
+/// the target answering `later`; the attempts seen and the virtual time.
+fn system_checks(
+    mode: FailedUnits,
+    first: SystemStateLook,
+    later: &str,
+) -> (Vec<CheckFailure>, Vec<CheckAttempt>, Duration) {
+    let checks = HostChecks {
+        failed_units: mode,
+        system_running: true,
+        timeout: Duration::from_secs(3),
+        ..HostChecks::none()
+    };
+    let target = FakeTarget {
+        system: later.into(),
+        ..FakeTarget::default()
+    };
+    let clock = Clock0::default();
+    let attempts = RefCell::new(Vec::new());
+    let failures = futures::executor::block_on(run_checks(
+        &host(),
+        &checks,
+        &Baseline::Before(Vec::new()),
+        &target,
+        &FakeProbe::default(),
+        &clock,
+        &|a| attempts.borrow_mut().push(a),
+        Some(&first),
+    ));
+    (failures, attempts.into_inner(), clock.now())
+}
+
+#[test]
+fn a_unit_that_keeps_failing_is_caught_though_the_first_look_missed_it() {
+    // Right after the activation the unit was between two failures.
+    let later = "system_state=degraded\nfailed_count=1\nfailed_unit=legacy.service\nsystem=done\n";
+    let (failures, attempts, _) = system_checks(FailedUnits::Any, failed(&[]), later);
+    let names: Vec<&str> = failures.iter().map(|f| f.check.as_str()).collect();
+    assert_eq!(names, ["failedUnits", "systemRunning"]);
+    assert!(failures[0].detail.contains("legacy.service"));
+    // The early pass was no attempt: every reported one failed.
+    assert!(attempts.iter().all(|a| !a.passed), "{attempts:?}");
+}
+
+#[test]
+fn a_healthy_system_passes_on_its_second_look_one_settle_later() {
+    let healthy = "system_state=running\nfailed_count=0\nsystem=done\n";
+    let (failures, attempts, took) = system_checks(FailedUnits::New, failed(&[]), healthy);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(attempts.len(), 2, "one pass each: {attempts:?}");
+    assert!(attempts.iter().all(|a| a.passed && a.attempt == 1));
+    assert_eq!(took, SYSTEM_SETTLE);
+}
+
 #[test]
 fn the_default_url_is_the_hosts_address_with_port_and_path() {
     let a: Address = "fd00::1".parse().unwrap();

@@ -206,6 +206,9 @@ pub fn after_activation(
             if let Some(done) = after_arm(&report.arm, current) {
                 return Activated::Done(done);
             }
+            if report.died {
+                return Activated::Abandon(TrialProblem::ActivationDied);
+            }
             match report.exit_code {
                 Some(0) => Activated::Ended {
                     first_look: report.first_look,
@@ -465,12 +468,15 @@ pub fn after_inspection(
             },
         }),
         GuardState::NotActivated => done(Outcome::Failed {
-            reason: Failure::SwitchLockTaken {
-                exit_code: match i.activation {
-                    Some(ActivationState::Exited { code, .. }) => Some(code),
-                    _ => None,
+            reason: match i.activation {
+                Some(ActivationState::Exited { code, .. }) => Failure::SwitchLockTaken {
+                    exit_code: Some(code),
+                    holder: i.switch_lock.clone(),
                 },
-                holder: i.switch_lock.clone(),
+                // Stopped by the guard while it waited for the lock.
+                _ => Failure::SwitchLockWaited {
+                    holder: i.switch_lock.clone(),
+                },
             },
         }),
         GuardState::Missing if i.boot_id != boot_id => {

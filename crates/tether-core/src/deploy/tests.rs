@@ -276,7 +276,7 @@ fn spec_of(job: &HostJob) -> GuardSpec {
         old_system: StorePath::new(OLD).unwrap(),
         new_system: job.new_system.clone(),
         lease: job.timeouts.lease,
-        rollback_limit: job.timeouts.activation,
+        rollback_limit: job.timeouts.rollback,
         deployer: job.deployer.clone(),
     }
 }
@@ -926,7 +926,7 @@ mod rollout {
                 old_system: StorePath::new(NEW).unwrap(),
                 new_system: StorePath::new(OLD).unwrap(),
                 lease: job.timeouts.lease,
-                rollback_limit: job.timeouts.activation,
+                rollback_limit: job.timeouts.rollback,
                 deployer: job.deployer.clone(),
             },
             goal: Goal::Test,
@@ -1192,6 +1192,8 @@ fn a_trial_the_host_confirmed_while_the_deployer_thought_it_lost_still_stands() 
     assert!(fake.called("persist"));
 }
 
+/// The activation's session brings the first look; a pass needs one more,
+/// a settle later, over the shared connection (checks::SYSTEM_SETTLE).
 #[test]
 fn the_built_in_checks_first_look_comes_from_the_activation_session() {
     let fake = Fake {
@@ -1209,9 +1211,10 @@ fn the_built_in_checks_first_look_comes_from_the_activation_session() {
         "{:?}",
         report.outcome
     );
-    assert!(
-        !fake.called("system"),
-        "no separate session for the system state"
+    assert_eq!(
+        fake.conn_of("system"),
+        [Conn::Shared],
+        "one look of its own, after the settle"
     );
     let passed: Vec<_> = events
         .iter()

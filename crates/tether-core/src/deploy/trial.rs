@@ -69,8 +69,7 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         old_system: start.old.clone(),
         new_system: job.new_system.clone(),
         lease: job.timeouts.lease,
-        // A rollback is an activation too.
-        rollback_limit: job.timeouts.activation,
+        rollback_limit: job.timeouts.rollback,
         deployer: job.deployer.clone(),
     };
     let shared = Shared {
@@ -411,7 +410,7 @@ async fn await_guard<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
 ) -> Outcome {
     run.phase(Phase::RollingBack);
     let timeouts = &run.job.timeouts;
-    let deadline = run.clock.now() + timeouts.lease + timeouts.rollback;
+    let deadline = run.clock.now() + timeouts.verdict_wait();
     let inspect = Inspect { spec: spec.clone() };
     loop {
         let last = match run.call(&inspect, Conn::Fresh, LOOK_CALL).await {
@@ -431,7 +430,7 @@ async fn await_guard<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             return Outcome::Unknown {
                 reason: UnknownReason::NoVerdict {
                     why,
-                    seconds: (timeouts.lease + timeouts.rollback).as_secs(),
+                    seconds: timeouts.verdict_wait().as_secs(),
                     last,
                 },
             };

@@ -69,6 +69,8 @@ pub struct ArmReport {
     pub arm: ArmResult,
     /// The activation's exit code (the session's, when armed).
     pub exit_code: Option<i32>,
+    /// The activation was stopped before it recorded an exit code.
+    pub died: bool,
     /// The activation failed because another process holds NixOS's switch
     /// lock: nothing was activated.
     pub switch_locked: bool,
@@ -281,12 +283,21 @@ exec 9>&-
         let spec = &self.spec;
         format!(
             r#"systemd-run --unit={unit} --description={desc} --quiet --collect --pipe --wait \
-    --service-type=exec --setenv=PATH="$TOOL_PATH:/usr/bin:/bin" \
+    --property=TimeoutStopSec={stop_secs} --service-type=exec --setenv=PATH="$TOOL_PATH:/usr/bin:/bin" \
     "$SH" "$dir/activate.sh" "$dir" </dev/null 1>&2
 rc=$?
-# systemd-run failed before the wrapper ran: the exit code is still the
-# activation's result, for the guard too.
-[ -e "$dir/activation.rc" ] || printf '%s\n' "$rc" >"$dir/activation.rc"
+if [ -e "$dir/activation.rc" ]; then
+    read -r rc <"$dir/activation.rc"
+elif [ -e "$dir/activation.pid" ]; then
+    # The wrapper was stopped before it recorded an exit code; systemd-run
+    # then reports the unit's result, which is 0 after a SIGTERM.
+    echo "activation_died=yes"
+    rc=1
+else
+    # systemd-run failed before the wrapper ran: the exit code is still the
+    # activation's result, for the guard too.
+    printf '%s\n' "$rc" >"$dir/activation.rc"
+fi
 if [ -e "$dir/activation.locked" ]; then echo "activation_locked=yes"; fi
 # A successful activation renews the lease on its way out: the lease keeper
 # then needs no session of its own for a short trial.
@@ -294,6 +305,7 @@ if [ "$rc" = 0 ] && {bump}; then echo "lease_renewed=yes"; fi
 {state}exit $rc
 "#,
             bump = lease_bump(spec),
+            stop_secs = crate::spec::ACTIVATION_STOP.as_secs(),
             state = system_state_script(),
             unit = quote(&spec.activation_unit()),
             desc = quote(&format!("tether activation for deploy {}", spec.deploy_id)),
@@ -338,7 +350,10 @@ impl Operation for ArmAndActivate {
         let armed = arm == ArmResult::Armed;
         Ok(ArmReport {
             arm,
-            exit_code: out.exit_code.filter(|_| armed),
+            exit_code: out
+                .exit_code
+                .filter(|_| armed && first(&f, "activation_died").is_none()),
+            died: armed && first(&f, "activation_died") == Some("yes"),
             switch_locked: first(&f, "activation_locked") == Some("yes"),
             lease_renewed: first(&f, "lease_renewed") == Some("yes"),
             first_look: armed.then(|| SystemState.parse(out).ok()).flatten(),

@@ -216,6 +216,31 @@ pub(crate) const ACTIVATION_STATE_FUNCTION: &str = r#"activation_state() {
 }
 "#;
 
+/// A shell function: `switch_lock_use` looks up NixOS's switch lock in
+/// `/proc/locks` and sets `$lock_ours` (a process of the activation unit
+/// holds it), `$lock_waits` (one waits for it: the older
+/// `switch-to-configuration` blocks on the lock) and `$lock_other` with
+/// `$lock_holder` (a process outside the unit holds it, and its PID). Only
+/// at the trial's end, never in the polling path.
+pub(crate) const SWITCH_LOCK_USE_FUNCTION: &str = r#"switch_lock_use() {
+    lock_ours=; lock_waits=; lock_other=; lock_holder=
+    [ -e "$SWITCH_LOCK" ] || return 0
+    ino=$(stat -c %i "$SWITCH_LOCK" 2>/dev/null) || return 0
+    while read -r _ f1 _ _ f4 f5 f6 _; do
+        if [ "$f1" = "->" ]; then waiter=yes; pid=$f5; devino=$f6; else waiter=; pid=$f4; devino=$f5; fi
+        [ "${devino##*:}" = "$ino" ] || continue
+        ours=
+        while IFS= read -r line; do
+            case "$line" in "0::"*"/$ACTIVATION_UNIT.service") ours=yes ;; esac
+        done 2>/dev/null </proc/"$pid"/cgroup
+        if [ -n "$ours" ] && [ -n "$waiter" ]; then lock_waits=yes
+        elif [ -n "$ours" ]; then lock_ours=yes
+        elif [ -z "$waiter" ]; then lock_other=yes; lock_holder=$pid
+        fi
+    done </proc/locks
+}
+"#;
+
 /// The state and journal event names as shell variables (`S_ARMED=…`,
 /// `E_ROLLED_BACK=…`), for the guard and the scripts that share its logic.
 pub(crate) fn names() -> String {
@@ -235,7 +260,7 @@ pub(crate) fn names() -> String {
 /// functions, then `guard.sh`.
 pub(crate) fn guard_script() -> String {
     format!(
-        "{}{RESOLVE_FUNCTION}\n{ACTIVATION_STATE_FUNCTION}{GUARD_LOGIC}",
+        "{}{RESOLVE_FUNCTION}\n{ACTIVATION_STATE_FUNCTION}{SWITCH_LOCK_USE_FUNCTION}{GUARD_LOGIC}",
         names()
     )
 }

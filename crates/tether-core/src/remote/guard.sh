@@ -66,6 +66,25 @@ finish() {
 # rollback CAUSE REASON: CAUSE is one of tether's GuardCause words (for the
 # deployer), REASON the sentence for people (the host's journal).
 rollback() {
+    # An activation still waiting for NixOS's switch lock has changed
+    # nothing: stopped, the trial ends not-activated, with no rollback (which
+    # would wait for the same lock). Frozen first, so that it cannot take
+    # the lock between this look and the stop; a frozen process no longer
+    # waits, so the second look asks only that it holds nothing.
+    switch_lock_use
+    if [ "$lock_waits" = yes ] && [ "$lock_other" = yes ]; then
+        systemctl kill --signal=SIGSTOP "$ACTIVATION_UNIT" >/dev/null 2>&1
+        switch_lock_use
+        resolve /run/current-system
+        if [ "$lock_ours" != yes ] && [ "$r" = "$CURRENT" ] && [ ! -e "$dir/activation.rc" ] &&
+            move "$S_ARMED" "$S_NOT_ACTIVATED"; then
+            systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
+            printf 'waited\n' >"$dir/activation.locked"
+            journal "$E_NOT_ACTIVATED" "$2; the activation was still waiting for the NixOS switch lock, held by PID ${lock_holder:-?}: stopped, nothing was activated"
+            finish
+        fi
+        systemctl kill --signal=SIGCONT "$ACTIVATION_UNIT" >/dev/null 2>&1
+    fi
     move "$S_ARMED" "$S_ROLLING_BACK" || return 0
     printf '%s\n' "$1" >"$dir/cause"
     printf '%s\n' "$2" >"$dir/reason"
@@ -79,12 +98,17 @@ rollback() {
     rc=$?
     printf '%s\n' "$rc" >"$dir/rollback.rc"
     resolve /run/current-system
-    if [ "$r" = "$OLD" ]; then
+    # A rollback that failed while another process holds the switch lock
+    # did not run (ng exits 11 at once, the older one waits until the
+    # timeout): the host's state is whatever that process makes it.
+    switch_lock_use
+    if [ "$r" = "$OLD" ] && { [ "$rc" = 0 ] || [ "$lock_other" != yes ]; }; then
         move "$S_ROLLING_BACK" "$S_ROLLED_BACK"
         journal "$E_ROLLED_BACK" "$2; switch-to-configuration test of the previous system exited $rc"
     else
         move "$S_ROLLING_BACK" "$S_ROLLBACK_FAILED"
-        journal "$E_ROLLBACK_FAILED" "$2; switch-to-configuration test of the previous system exited $rc"
+        held=; [ "$lock_other" = yes ] && held="; the NixOS switch lock is held by PID ${lock_holder:-?}"
+        journal "$E_ROLLBACK_FAILED" "$2; switch-to-configuration test of the previous system exited $rc$held"
     fi
     finish
 }

@@ -250,7 +250,18 @@ fn arm_results() {
         .unwrap();
     assert_eq!(report.exit_code, Some(4));
     assert!(report.lease_renewed);
+    assert!(!report.died);
     assert_eq!(report.first_look.unwrap().state, "running");
+    // A wrapper stopped before it recorded its code has no exit code.
+    let report = op
+        .parse(&ScriptOutput {
+            stdout: "arm=armed\nactivation_died=yes\n".into(),
+            stderr: String::new(),
+            exit_code: Some(1),
+        })
+        .unwrap();
+    assert_eq!(report.exit_code, None);
+    assert!(report.died);
 }
 
 #[test]

@@ -231,6 +231,12 @@ pub enum Failure {
         exit_code: Option<i32>,
         holder: Option<LockHolder>,
     },
+    /// The activation was still waiting for NixOS's switch lock (the older
+    /// `switch-to-configuration` waits for it) when the trial ended; the
+    /// guard stopped it before it took the lock: nothing was activated.
+    SwitchLockWaited {
+        holder: Option<LockHolder>,
+    },
     /// Arming printed nothing tether could read.
     Arming {
         error: String,
@@ -283,6 +289,15 @@ impl fmt::Display for Failure {
                     write!(f, " ({holder})")?;
                 }
                 f.write_str("; nothing was activated")
+            }
+            Failure::SwitchLockWaited { holder } => {
+                f.write_str(
+                    "switch-to-configuration was still waiting for NixOS's switch lock, held by another process",
+                )?;
+                if let Some(holder) = holder {
+                    write!(f, " ({holder})")?;
+                }
+                f.write_str(", when the trial ended; the guard stopped it before it took the lock and nothing was activated")
             }
             Failure::Arming { error } => write!(f, "arming the guard: {error}"),
             Failure::NotArmed { why } => write!(

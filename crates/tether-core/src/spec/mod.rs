@@ -13,5 +13,6 @@ pub use checks::{
 };
 pub use rollout::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
 pub use timeouts::{
-    TimeoutSettings, Timeouts, LOOK_CALL, PERSIST_AT_MOST, POLL_INTERVAL, QUICK_CALL, RETRY_PAUSE,
+    TimeoutSettings, Timeouts, ACTIVATION_STOP, LOOK_CALL, PERSIST_AT_MOST, POLL_INTERVAL,
+    QUICK_CALL, RETRY_PAUSE, ROLLBACK_MARGIN,
 };

@@ -13,8 +13,10 @@ pub struct Timeouts {
     pub lease: Duration,
     /// How long to keep trying to confirm over fresh connections.
     pub confirm: Duration,
-    /// After giving up on a trial: how long (beyond the lease) to wait to
-    /// learn that the host rolled back before reporting it unknown.
+    /// How long the guard's rollback (`switch-to-configuration test` of the
+    /// previous system) may run. After giving up on a trial, tether waits
+    /// the lease, this, and [`ROLLBACK_MARGIN`] to learn how it ended
+    /// before reporting the host unknown.
     pub rollback: Duration,
     /// How long a closure copy may take.
     pub copy: Duration,
@@ -92,6 +94,13 @@ pub const QUICK_CALL: Duration = Duration::from_secs(5);
 /// One look at a host over a fresh connection (inspecting a trial, reading
 /// its boot state): a key exchange on a loaded host plus a few reads.
 pub const LOOK_CALL: Duration = Duration::from_secs(10);
+/// The guard's own steps around its bounded rollback: stopping the
+/// activation (its unit's stop timeout, [`ACTIVATION_STOP`]), the grace
+/// before a rollback past its limit is killed (5 s), and a poll or two.
+pub const ROLLBACK_MARGIN: Duration = Duration::from_secs(15);
+/// How long systemd waits for a stopped activation to exit before it kills
+/// it.
+pub const ACTIVATION_STOP: Duration = Duration::from_secs(5);
 /// The most a confirmation's session spends persisting: installing a boot
 /// loader can take a while, but a hung one must not hold the deploy up.
 pub const PERSIST_AT_MOST: Duration = Duration::from_secs(120);
@@ -119,6 +128,13 @@ impl Timeouts {
         } else {
             confirm
         }
+    }
+
+    /// How long tether waits, once it stopped renewing, for the guard to
+    /// tell how the trial ended: the lease may have to lapse first, then the
+    /// rollback runs within its limit.
+    pub fn verdict_wait(&self) -> Duration {
+        self.lease + self.rollback + ROLLBACK_MARGIN
     }
 
     /// The limits `settings` asks for (flags already over the inventory),

@@ -260,6 +260,7 @@ fn armed(exit_code: Option<i32>) -> ArmReport {
     ArmReport {
         arm: ArmResult::Armed,
         exit_code,
+        died: false,
         switch_locked: false,
         lease_renewed: exit_code == Some(0),
         first_look: None,
@@ -278,6 +279,16 @@ fn the_activations_session_decides_what_follows() {
     assert_eq!(
         after_activation(Ok(armed(Some(4))), true, &old()),
         Activated::Abandon(TrialProblem::ActivationFailed { exit_code: Some(4) })
+    );
+    // Stopped before it recorded an exit code (systemd-run then says 0):
+    // never a success.
+    let stopped = ArmReport {
+        died: true,
+        ..armed(None)
+    };
+    assert_eq!(
+        after_activation(Ok(stopped), true, &old()),
+        Activated::Abandon(TrialProblem::ActivationDied)
     );
     // switch-to-configuration-ng could not take the switch lock: nothing
     // was activated, nothing is rolled back.
@@ -712,16 +723,32 @@ fn a_failed_persist_and_an_activation_that_never_took_the_lock_end_as_they_are()
         ),
         Verdict::Done(Outcome::ConfirmedNotPersisted { .. })
     ));
+    // ng's exit 11: the activation ended, refused by the lock.
+    let refused = Inspection {
+        activation: Some(ActivationState::Exited {
+            code: 11,
+            switch_locked: true,
+        }),
+        ..inspection(GuardState::NotActivated, OLD, "boot1")
+    };
     assert!(matches!(
-        after_inspection(
-            &inspection(GuardState::NotActivated, OLD, "boot1"),
-            "boot1",
-            &old(),
-            &j,
-            &why()
-        ),
+        after_inspection(&refused, "boot1", &old(), &j, &why()),
         Verdict::Done(Outcome::Failed {
-            reason: Failure::SwitchLockTaken { .. }
+            reason: Failure::SwitchLockTaken {
+                exit_code: Some(11),
+                ..
+            }
+        })
+    ));
+    // The older switch-to-configuration: stopped while it waited.
+    let waiting = Inspection {
+        activation: Some(ActivationState::Died),
+        ..inspection(GuardState::NotActivated, OLD, "boot1")
+    };
+    assert!(matches!(
+        after_inspection(&waiting, "boot1", &old(), &j, &why()),
+        Verdict::Done(Outcome::Failed {
+            reason: Failure::SwitchLockWaited { .. }
         })
     ));
 }
