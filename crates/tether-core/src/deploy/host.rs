@@ -1,5 +1,5 @@
 //! One host's safe switch (shared/BRIEF.md, "The safe switch"):
-//! identity preflight → copy → the guarded trial ([`super::trial`]) →
+//! identity preflight → copy → the guarded trial (`trial.rs`) →
 //! persist, and `--reboot` after. Every path ends in exactly one
 //! [`Outcome`]; a host tether cannot vouch for ends `Unknown`, never success.
 //!

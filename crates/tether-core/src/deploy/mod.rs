@@ -1,4 +1,4 @@
-//! Deploying: one host's safe switch ([`host`], its trial in [`trial`],
+//! Deploying: one host's safe switch ([`host`], its trial in `trial`,
 //! its decisions in [`decide`]) and a fleet of them ([`fleet`]), written
 //! against the narrow interfaces of [`crate::ports`], so this module never
 //! touches a process.

@@ -11,7 +11,7 @@
 //! trial it describes is), the deploy lock is the directory `/run/tether/lock`,
 //! and an append-only journal is kept in `/var/lib/tether/journal`.
 //!
-//! The wire format: scripts print `key=value` lines on stdout ([`wire`]);
+//! The wire format: scripts print `key=value` lines on stdout (`wire.rs`);
 //! anything else a target prints (login banners, activation output) is
 //! ignored by the parsers.
 

@@ -102,7 +102,7 @@ pub struct UnitFiles {
     pub no_restart: BTreeSet<String>,
 }
 
-/// The host's current system as [`current_system_script`] printed it.
+/// The host's current system as `current_system_script` printed it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostSystem {
     pub current_system: Option<String>,

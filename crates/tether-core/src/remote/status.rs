@@ -198,7 +198,7 @@ pub struct Generation {
     pub system: String,
 }
 
-/// Everything [`status_script`] reports.
+/// Everything `status_script` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
