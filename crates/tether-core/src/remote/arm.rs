@@ -164,7 +164,7 @@ chmod 0700 "$run" || fail "chmod $run"
 # Resolve the guard's tools now, to store paths on NixOS: the guard must
 # keep working while /run/current-system changes under it.
 paths=
-for t in sh flock systemctl systemd-run sleep readlink date mv cat rm mkdir timeout; do
+for t in sh flock systemctl systemd-run sleep readlink date mv cat rm mkdir timeout stat; do
     p=$(command -v "$t") || {{ echo "arm=missing-tool"; echo "missing=$t"; exit 0; }}
     paths="$paths $p"
 done
@@ -176,6 +176,11 @@ for p in $(readlink -f $paths); do
     d=${{p%/*}}
     case ":$tool_path:" in *":$d:"*) ;; *) tool_path="$tool_path${{tool_path:+:}}$d" ;; esac
 done
+# A lock file anyone but root could have opened (left by an older tether,
+# or by hand) is replaced: whoever holds the old one holds nothing.
+if [ -e "$run/arm.lock" ] && {{ [ ! -O "$run/arm.lock" ] || [ "$(stat -c %a "$run/arm.lock")" != 600 ]; }}; then
+    rm -f "$run/arm.lock" || fail "rm $run/arm.lock"
+fi
 exec 9>"$run/arm.lock" || fail "open $run/arm.lock"
 flock -w {lock_wait} 9 || {{ echo "arm=lock-timeout"; exit 0; }}
 if [ -d "$lockdir" ]; then
