@@ -18,6 +18,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use tether_core::deploy::{run_fleet, HostJob, Rollout};
 use tether_core::model::{DeployId, Goal, Token};
@@ -137,22 +138,58 @@ impl View {
     }
 }
 
-/// Where the output thread sends each event: the journal first, then the
-/// view.
+/// Where the output thread sends each event: the view, then the journal.
 struct Output {
     view: View,
     journal: Option<Journal>,
     run_id: String,
+    /// Events the journal could not take yet (another process holds its
+    /// lock), oldest first: written with the next event that gets through.
+    pending: Vec<Event>,
 }
 
+/// How long the end of a run waits for a journal another process keeps
+/// locked, to write the events it could not take during the run.
+const JOURNAL_PATIENCE: Duration = Duration::from_secs(60);
+
 impl Output {
-    fn event(&self, event: Event) {
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal.record_event(&self.run_id, &event) {
-                tracing::warn!("could not record an event in the journal: {e}");
+    fn event(&mut self, event: Event) {
+        self.view.reporter().event(event.clone());
+        self.pending.push(event);
+        // While the journal is locked, try without waiting: a run's events
+        // must not lag its view; the backlog is written as one batch.
+        let wait = (self.pending.len() > 1).then_some(Duration::ZERO);
+        self.flush(wait);
+    }
+
+    /// Writes the backlog; keeps it when the journal is still busy.
+    fn flush(&mut self, wait: Option<Duration>) -> bool {
+        let Some(journal) = &self.journal else {
+            self.pending.clear();
+            return true;
+        };
+        match journal.record_events(&self.run_id, &self.pending, wait) {
+            Ok(()) => {
+                self.pending.clear();
+                true
+            }
+            Err(e) => {
+                tracing::debug!("journal busy, {} event(s) kept: {e}", self.pending.len());
+                false
             }
         }
-        self.view.reporter().event(event);
+    }
+
+    /// At the end of the run: the backlog gets [`JOURNAL_PATIENCE`].
+    fn finish(&mut self) {
+        if self.pending.is_empty() || self.flush(Some(JOURNAL_PATIENCE)) {
+            return;
+        }
+        eprintln!(
+            "warning: the deploy journal stayed locked by another process; {} event(s) of this run are not recorded",
+            self.pending.len()
+        );
+        self.pending.clear();
     }
 }
 
@@ -202,10 +239,11 @@ pub async fn execute(
     } else {
         View::Plain(HumanReporter::new())
     };
-    let output = Output {
+    let mut output = Output {
         view,
         journal,
         run_id: deploy_id.to_string(),
+        pending: Vec::new(),
     };
     let (tx, rx) = mpsc::channel::<Event>();
     let writer = std::thread::Builder::new()
@@ -214,6 +252,7 @@ pub async fn execute(
             for event in rx {
                 output.event(event);
             }
+            output.finish();
             output
         })
         .map_err(|e| CommandError::Local(format!("could not start the output thread: {e}")))?;

@@ -77,6 +77,46 @@ pub enum JournalError {
     },
 }
 
+/// How long a journal write waits for another process's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn insert_events(c: &mut Connection, run_id: &str, events: &[Event]) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    for event in events {
+        let kind = match &event.kind {
+            EventKind::Phase { .. } => "phase",
+            EventKind::Output { .. } => "output",
+            EventKind::ActivationEnded { .. } => "activation-ended",
+            EventKind::Check { .. } => "check",
+            EventKind::Warning { .. } => "warning",
+            EventKind::Outcome { .. } => "outcome",
+        };
+        let data = serde_json::to_string(event).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO events (run_id, host, elapsed_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                run_id,
+                event.host.as_str(),
+                event.elapsed_ms as i64,
+                kind,
+                data
+            ],
+        )?;
+        if let EventKind::Outcome { outcome } = &event.kind {
+            tx.execute(
+                "UPDATE run_hosts SET outcome = ?3, reason = ?4 WHERE run_id = ?1 AND host = ?2",
+                params![
+                    run_id,
+                    event.host.as_str(),
+                    outcome.name(),
+                    outcome.reason()
+                ],
+            )?;
+        }
+    }
+    tx.commit()
+}
+
 /// Where the journal lives by default.
 pub fn default_path() -> PathBuf {
     let env = |k: &str| {
@@ -222,8 +262,7 @@ impl Journal {
             source,
         };
         let conn = Connection::open(path).map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sql)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", true)
@@ -313,28 +352,27 @@ impl Journal {
     }
 
     pub fn record_event(&self, run_id: &str, event: &Event) -> Result<(), JournalError> {
-        let kind = match &event.kind {
-            EventKind::Phase { .. } => "phase",
-            EventKind::Output { .. } => "output",
-            EventKind::ActivationEnded { .. } => "activation-ended",
-            EventKind::Check { .. } => "check",
-            EventKind::Warning { .. } => "warning",
-            EventKind::Outcome { .. } => "outcome",
-        };
-        let data = serde_json::to_string(event).unwrap_or_default();
+        self.record_events(run_id, std::slice::from_ref(event), None)
+    }
+
+    /// Records `events` in one transaction: all or none. `wait`, when
+    /// given, is how long SQLite waits for another process's lock this
+    /// time (instead of the usual 10 s).
+    pub fn record_events(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        wait: Option<std::time::Duration>,
+    ) -> Result<(), JournalError> {
         self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO events (run_id, host, elapsed_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![run_id, event.host.as_str(), event.elapsed_ms as i64, kind, data],
-            )?;
-            if let EventKind::Outcome { outcome } = &event.kind {
-                tx.execute(
-                    "UPDATE run_hosts SET outcome = ?3, reason = ?4 WHERE run_id = ?1 AND host = ?2",
-                    params![run_id, event.host.as_str(), outcome.name(), outcome.reason()],
-                )?;
+            if let Some(wait) = wait {
+                c.busy_timeout(wait)?;
             }
-            tx.commit()
+            let written = insert_events(c, run_id, events);
+            if wait.is_some() {
+                c.busy_timeout(BUSY_TIMEOUT)?;
+            }
+            written
         })
     }
 
