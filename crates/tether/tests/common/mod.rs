@@ -198,10 +198,7 @@ impl Fleet {
 
     /// `tether deploy --json ARGS`, parsed.
     pub fn deploy(&self, args: &[&str]) -> Run {
-        let started = Instant::now();
-        let child = self.spawn_deploy(args);
-        let out = child.wait_with_output().unwrap();
-        parse_run(out, started.elapsed())
+        LiveRun::start(self.spawn_deploy(args)).finish()
     }
 
     /// What the host runs, read through its console.
@@ -319,10 +316,42 @@ pub fn parse_run(out: Output, elapsed: Duration) -> Run {
     }
 }
 
+/// How long a lab test waits for a deploy it started before it kills it
+/// and fails: a hung tether must fail its test, not the suite's time limit.
+pub const DEPLOY_WATCHDOG: Duration = Duration::from_secs(300);
+
+/// Reads a child's stderr to the end in a thread, so a chatty child never
+/// blocks on a full pipe.
+pub fn drain(mut stderr: std::process::ChildStderr) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    })
+}
+
+/// Waits for `child`, killing it (and failing) past [`DEPLOY_WATCHDOG`].
+pub fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEPLOY_WATCHDOG;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tether did not end within {DEPLOY_WATCHDOG:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A deploy running in the background whose events are read as they come.
 pub struct LiveRun {
     pub child: Child,
     rx: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
     pub seen: Vec<Value>,
     started: Instant,
 }
@@ -331,6 +360,7 @@ impl LiveRun {
     pub fn start(mut child: Child) -> LiveRun {
         use std::io::{BufRead, BufReader};
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().map(drain);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -342,6 +372,7 @@ impl LiveRun {
         LiveRun {
             child,
             rx,
+            stderr,
             seen: Vec::new(),
             started: Instant::now(),
         }
@@ -368,13 +399,13 @@ impl LiveRun {
     /// Waits for the deploy to end and parses everything it printed.
     pub fn finish(mut self) -> Run {
         let mut lines: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
-        let status = self.child.wait().unwrap();
+        let status = wait_bounded(&mut self.child);
         lines.extend(self.rx.iter());
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
         let out = Output {
             status,
             stdout: lines.join("\n").into_bytes(),
