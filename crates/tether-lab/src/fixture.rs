@@ -9,7 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 impl Lab {
-    /// Writes a fixture fleet for this lab into `dir`: the fixture library,
+    /// Writes a fixture fleet for this lab into `dir`: the fixture library
+    /// (`nix/fixture/*.nix` and the `*.py` scripts they install),
     /// `lab.json`, `hosts.nix` (per-host overrides of `mkSystem` arguments, a
     /// Nix attribute set; `{ }` for the base systems) and `flake.nix` /
     /// `default.nix`. Returns `dir`.
@@ -20,7 +21,8 @@ impl Lab {
         for entry in fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
             let entry = entry?;
             let name = entry.file_name();
-            if name.to_string_lossy().ends_with(".nix") {
+            let n = name.to_string_lossy();
+            if n.ends_with(".nix") || n.ends_with(".py") {
                 fs::copy(entry.path(), lib.join(&name))?;
             }
         }

@@ -17,6 +17,8 @@ const BOOT_SH: &str = include_str!("../image/boot.sh");
 const BOOT_UNIT: &str = include_str!("../image/tether-lab-boot.service");
 const SSHD_CONF: &str = include_str!("../image/sshd.conf");
 const NIX_CONF: &str = include_str!("../image/nix.conf");
+/// The bootctl emulation (also the emulated firmware, as `sd-boot`).
+const BOOTCTL: &str = include_str!("../image/bootctl");
 /// Units that do nothing useful in a test host and would only add load.
 const MASKED: &[&str] = &[
     "apt-daily.timer",
@@ -31,7 +33,7 @@ const MASKED: &[&str] = &[
 ];
 /// Bump when the customisation code below changes in a way the hashed
 /// inputs do not show.
-const RECIPE_VERSION: &str = "2";
+const RECIPE_VERSION: &str = "3";
 
 /// The fixture's stage-2 emulation, installed into the image.
 fn stage2_script() -> Result<String> {
@@ -49,6 +51,7 @@ fn recipe_hash(stage2: &str) -> String {
         BOOT_UNIT,
         SSHD_CONF,
         NIX_CONF,
+        BOOTCTL,
         stage2,
         &MASKED.join(","),
     ] {
@@ -147,6 +150,13 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
     write(root, "etc/nix/nix.conf", NIX_CONF, 0o644)?;
     write(root, "usr/lib/tether-lab/boot", BOOT_SH, 0o755)?;
     write(root, "usr/lib/tether-lab/stage2", stage2, 0o755)?;
+    // Debian's bootctl gives way to the emulation over the lab's EFI
+    // variable files; the same script is the emulated firmware.
+    write(root, "usr/bin/bootctl", BOOTCTL, 0o755)?;
+    let sd_boot = root.join("usr/lib/tether-lab/sd-boot");
+    let _ = fs::remove_file(&sd_boot);
+    symlink("/usr/bin/bootctl", &sd_boot)?;
+    fs::create_dir_all(root.join("var/lib/tether-lab/efivars"))?;
     write(
         root,
         "etc/systemd/system/tether-lab-boot.service",

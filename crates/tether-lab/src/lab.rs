@@ -78,6 +78,28 @@ pub struct Lab {
     tear_down_on_drop: bool,
 }
 
+/// A host's emulated boot loader, as [`Lab::boot_state`] reads it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BootState {
+    /// `systemd-boot`, `grub` or `none`.
+    pub loader: String,
+    /// Entries in the boot loader's order.
+    pub entries: Vec<BootEntry>,
+    /// The entry booted when no one-shot entry is set.
+    pub default: Option<BootEntry>,
+    /// LoaderEntryOneShot.
+    pub oneshot: Option<String>,
+    /// LoaderEntrySelected: the entry this boot came from.
+    pub selected: Option<String>,
+}
+
+/// One boot entry: its id and the toplevel its `init=` names.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BootEntry {
+    pub id: String,
+    pub toplevel: Option<String>,
+}
+
 /// Options for [`Lab::up`].
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -620,6 +642,46 @@ impl Lab {
         self.wait_new_boot(host, pid, BOOT_TIMEOUT)
     }
 
+    /// Reboots the host from inside and returns once a new boot has begun
+    /// (a new container init), without waiting for SSH: for boots that are
+    /// meant not to come up (a hanging stage 2, a system without network).
+    pub fn reboot_no_wait(&self, host: &str) -> Result<()> {
+        let before = self.init_pid(host)?;
+        let _ = self.exec(host, &["systemctl", "reboot"])?;
+        self.wait_new_init(host, before, BOOT_TIMEOUT)
+    }
+
+    /// Like [`Lab::crash`] (a power cycle) but returns once the new boot has
+    /// begun, without waiting for SSH.
+    pub fn crash_no_wait(&self, host: &str) -> Result<()> {
+        let pid = self.init_pid(host)?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)
+            .with_context(|| format!("{host}: killing container init {pid}"))?;
+        self.wait_new_init(host, pid, BOOT_TIMEOUT)
+    }
+
+    /// Waits until the host runs under an init other than `before` and that
+    /// init answers the console (systemd is up; the boot may still run).
+    fn wait_new_init(&self, host: &str, before: i32, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(pid) = self.init_pid(host) {
+                if pid != before
+                    && self
+                        .exec(host, &["systemctl", "is-system-running"])
+                        .map(|o| !o.stdout.is_empty())
+                        .unwrap_or(false)
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{host}: did not boot again within {}s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the host runs under an init other than `before` (a new
     /// boot) and answers SSH. Watches PIDs from outside: entering a host
     /// that is shutting down would get the entering process stopped by
@@ -684,17 +746,66 @@ impl Lab {
 
     /// Copies a store path into the host's own store and makes it the host's
     /// system, as installing NixOS would: profile generation, boot default,
-    /// activation (`switch`).
+    /// activation (`switch`). A host that never booted a fixture system
+    /// gets `/run/booted-system` too, standing in for the first boot after
+    /// the installation (on NixOS it always exists; tether compares the
+    /// new system's kernel with the booted one's).
     pub fn install_system(&self, host: &str, toplevel: &str) -> Result<()> {
         self.copy_to(host, toplevel)?;
         let p = crate::shell_quote(toplevel);
         self.ssh_ok(
             host,
             &format!(
-                "nix-env -p /nix/var/nix/profiles/system --set {p} && {p}/bin/switch-to-configuration switch"
+                "nix-env -p /nix/var/nix/profiles/system --set {p} && {p}/bin/switch-to-configuration switch && {{ [ -e /run/booted-system ] || ln -sfn {p} /run/booted-system; }}"
             ),
         )
         .map(|_| ())
+    }
+
+    /// The host's emulated boot loader state, read through its console
+    /// (`/usr/lib/tether-lab/sd-boot query`, docs/fixture.md).
+    pub fn boot_state(&self, host: &str) -> Result<BootState> {
+        let text = self.exec_sh(host, "/usr/lib/tether-lab/sd-boot query")?;
+        serde_json::from_str(&text).with_context(|| format!("{host}: boot state {text:?}"))
+    }
+
+    /// The toplevel the machine boots when nothing else is asked for: the
+    /// systemd-boot entry chosen without the one-shot entry
+    /// (LoaderEntryDefault, else loader.conf `default`, else the first
+    /// entry), or GRUB's first menu entry. Fails when no boot loader is
+    /// installed or its default names no system.
+    pub fn boot_default(&self, host: &str) -> Result<String> {
+        let state = self.boot_state(host)?;
+        state
+            .default
+            .and_then(|e| e.toplevel)
+            .ok_or_else(|| anyhow!("{host}: no boot default (boot loader: {})", state.loader))
+    }
+
+    /// The systemd-boot one-shot entry id (LoaderEntryOneShot), if set.
+    pub fn oneshot(&self, host: &str) -> Result<Option<String>> {
+        Ok(self.boot_state(host)?.oneshot)
+    }
+
+    /// The boot entries (`nixos-generation-N.conf`, toplevel of its `init=`),
+    /// in systemd-boot's order (newest first). GRUB: its first entry only.
+    pub fn boot_entries(&self, host: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .boot_state(host)?
+            .entries
+            .into_iter()
+            .filter_map(|e| Some((e.id, e.toplevel?)))
+            .collect())
+    }
+
+    /// What the host booted (`/run/booted-system`), if anything.
+    pub fn booted_system(&self, host: &str) -> Result<Option<String>> {
+        // `readlink -f` names a missing last component too: test first.
+        let out = self.exec_sh(
+            host,
+            "if [ -e /run/booted-system ]; then readlink -f /run/booted-system; fi",
+        )?;
+        Ok(Some(out).filter(|s| !s.is_empty()))
     }
 
     /// `nix copy --to ssh-ng://root@host PATH` with the lab's SSH options.
@@ -767,9 +878,13 @@ impl Lab {
         std::thread::sleep(Duration::from_millis(100));
         let leftovers = self.leftovers();
         if leftovers.is_empty() {
-            fs::remove_dir_all(&info.dir)
-                .with_context(|| format!("removing {}", info.dir.display()))?;
-            Ok(())
+            // Another process tearing the same lab down may have removed it.
+            match fs::remove_dir_all(&info.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", info.dir.display()))
+                }
+                _ => Ok(()),
+            }
         } else {
             bail!(
                 "lab {:?} left things behind: {}",

@@ -13,7 +13,7 @@ pub mod nix_settings;
 pub mod paths;
 pub mod prereq;
 
-pub use lab::{Lab, LabHost, LabInfo, UpOptions};
+pub use lab::{BootEntry, BootState, Lab, LabHost, LabInfo, UpOptions};
 
 /// POSIX shell quoting for the lab's own remote commands (test support; tether
 /// itself has its own vocabulary in tether-core).

@@ -52,6 +52,38 @@ fn current_system(lab: &Lab, host: &str) -> Result<String> {
     lab.ssh_ok(host, "readlink /run/current-system")
 }
 
+/// Makes `toplevel` the system profile's newest generation, as
+/// nixos-rebuild does before `switch`/`boot`.
+fn set_profile(lab: &Lab, host: &str, toplevel: &str) -> Result<()> {
+    lab.ssh_ok(
+        host,
+        &format!(
+            "nix-env -p /nix/var/nix/profiles/system --set {}",
+            shell_quote(toplevel)
+        ),
+    )
+    .map(|_| ())
+}
+
+/// `bootctl list --json=short`, parsed.
+fn bootctl_list(lab: &Lab, host: &str) -> Result<Vec<serde_json::Value>> {
+    let text = lab.ssh_ok(host, "bootctl list --json=short --no-pager")?;
+    serde_json::from_str(&text).with_context(|| format!("bootctl list: {text}"))
+}
+
+/// The id of the entry `bootctl list` marks with `flag` (isDefault, isSelected).
+fn marked(entries: &[serde_json::Value], flag: &str) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e[flag].as_bool() == Some(true))
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn entry_id(generation: u32) -> String {
+    format!("nixos-generation-{generation}.conf")
+}
+
 /// GET http://127.0.0.1:PORT/ on the host; returns "STATUS BODY".
 fn http_get(lab: &Lab, host: &str, port: u16) -> Result<String> {
     let script = format!(
@@ -112,6 +144,271 @@ fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The emulated systemd-boot and GRUB, the reboot-trial knobs
+/// (bootHangs, bootNetworkDown), switch inhibitors and the init interface
+/// check. h1 runs `v2` (generation 2, the boot default) when this starts;
+/// h2 and h3 their base systems. Leaves h1 on v2 and h2 on its base.
+fn boot_loader_checks(
+    lab: &Lab,
+    root: &Path,
+    [h1, h2, h3]: [&str; 3],
+    base: &BTreeMap<String, String>,
+    v2_1: &str,
+) -> Result<()> {
+    let b1 = get(base, h1)?;
+    let b2 = get(base, h2)?;
+    // Entries for every generation, newest first; loader.conf names the default.
+    ensure!(
+        lab.boot_entries(h1)?
+            == vec![
+                (entry_id(2), v2_1.to_string()),
+                (entry_id(1), b1.to_string())
+            ],
+        "{h1}: entries {:?}",
+        lab.boot_entries(h1)?
+    );
+    let conf = lab.ssh_ok(h1, "cat /boot/loader/loader.conf")?;
+    ensure!(
+        conf == "timeout 5\ndefault nixos-generation-2.conf\nconsole-mode keep",
+        "loader.conf: {conf:?}"
+    );
+    let entry = lab.ssh_ok(h1, "cat /boot/loader/entries/nixos-generation-2.conf")?;
+    for want in [
+        "title NixOS\nsort-key nixos\nversion Generation 2 NixOS Uakari 24.05.19700101.fixture (Linux 6.1.0-fixture), built on ",
+        &format!("options init={v2_1}/init loglevel=4\n"),
+        &format!("machine-id {}", lab.host(h1)?.machine_id),
+    ] {
+        ensure!(entry.contains(want), "entry lacks {want:?}: {entry}");
+    }
+    let linux = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("linux "))
+        .ok_or_else(|| anyhow!("no linux line: {entry}"))?;
+    ensure!(
+        linux.starts_with("/EFI/nixos/") && linux.ends_with("-linux-6.1.0-fixture-bzImage.efi"),
+        "linux {linux}"
+    );
+    lab.ssh_ok(
+        h1,
+        &format!("test -f /boot{linux} && bootctl is-installed --quiet"),
+    )?;
+    // bootctl list: isDefault on the default, isSelected on what booted (v2, section 5).
+    let list = bootctl_list(lab, h1)?;
+    ensure!(list.len() == 2, "bootctl list: {list:?}");
+    ensure!(
+        list[0]["type"] == "type1" && list[0]["source"] == "esp",
+        "{list:?}"
+    );
+    ensure!(marked(&list, "isDefault") == vec![entry_id(2)], "{list:?}");
+    ensure!(marked(&list, "isSelected") == vec![entry_id(2)], "{list:?}");
+    let out = lab.ssh(h1, "bootctl install")?;
+    ensure!(out.status.code() == Some(1), "bootctl install: {out:?}");
+
+    // One-shot: the next boot only, then the default again. Real bootctl
+    // marks the one-shot entry isDefault while it is set.
+    lab.ssh_ok(h1, "bootctl set-oneshot nixos-generation-1.conf")?;
+    ensure!(lab.oneshot(h1)? == Some(entry_id(1)), "oneshot not set");
+    ensure!(marked(&bootctl_list(lab, h1)?, "isDefault") == vec![entry_id(1)]);
+    ensure!(
+        lab.boot_default(h1)? == v2_1,
+        "boot_default follows the one-shot"
+    );
+    lab.reboot(h1)?;
+    ensure!(current_system(lab, h1)? == b1, "one-shot boot: not on base");
+    ensure!(
+        lab.booted_system(h1)?.as_deref() == Some(b1),
+        "booted-system"
+    );
+    ensure!(lab.oneshot(h1)?.is_none(), "one-shot not consumed");
+    ensure!(marked(&bootctl_list(lab, h1)?, "isSelected") == vec![entry_id(1)]);
+    lab.reboot(h1)?;
+    ensure!(
+        current_system(lab, h1)? == v2_1,
+        "second boot: not the default"
+    );
+
+    // Knob systems: h1 inhibited / hanging / network down, h2 GRUB, h3 a new init interface.
+    let knobs = fleet(
+        lab,
+        root,
+        "knobs",
+        &format!(
+            "{{ {h1} = {{ switchInhibited = true; }}; {h2} = {{ bootLoader = \"grub\"; }}; \
+             {h3} = {{ initInterfaceVersion = \"systemd 3\"; }}; }}\n"
+        ),
+    )?;
+    let trial = fleet(
+        lab,
+        root,
+        "trial",
+        &format!("{{ {h1} = {{ bootHangs = true; }}; {h2} = {{ bootNetworkDown = true; }}; }}\n"),
+    )?;
+    let (inhib, grub, iface) = (get(&knobs, h1)?, get(&knobs, h2)?, get(&knobs, h3)?);
+    let (hang, netdown) = (get(&trial, h1)?, get(&trial, h2)?);
+    for (h, p) in [
+        (h1, inhib),
+        (h1, hang),
+        (h2, grub),
+        (h2, netdown),
+        (h3, iface),
+    ] {
+        lab.copy_to(h, p)?;
+    }
+
+    // switchInhibited: test/switch/dry-activate/check refused before anything
+    // changes; `boot` allowed; the running system's own check passes.
+    for goal in ["test", "switch", "dry-activate", "check"] {
+        let (code, text) = switch(lab, h1, inhib, goal)?;
+        ensure!(code == 1, "inhibited {goal} exited {code}: {text}");
+        for want in [
+            "There are changes to critical components of the system:",
+            "dbus-implementation : dbus -> broker",
+            "Pre-switch check 'switchInhibitors' failed",
+            "Pre-switch checks failed",
+        ] {
+            ensure!(text.contains(want), "inhibited {goal}: no {want:?}: {text}");
+        }
+    }
+    ensure!(
+        current_system(lab, h1)? == v2_1,
+        "inhibited test changed the system"
+    );
+    ensure!(
+        lab.boot_default(h1)? == v2_1,
+        "inhibited switch changed the boot default"
+    );
+    let (code, text) = switch(lab, h1, v2_1, "check")?;
+    ensure!(
+        code == 0 && text.contains("Checking switch inhibitors... done"),
+        "{code} {text}"
+    );
+    set_profile(lab, h1, inhib)?;
+    let (code, text) = switch(lab, h1, inhib, "boot")?;
+    ensure!(
+        code == 0 && text.contains("Not checking switch inhibitors (action = boot)"),
+        "{code} {text}"
+    );
+    ensure!(
+        lab.boot_default(h1)? == inhib,
+        "inhibited boot: boot default"
+    );
+    // Back to v2 as the default: its `boot` points loader.conf at generation 2.
+    switch_ok(lab, h1, v2_1, "boot")?;
+    ensure!(lab.boot_default(h1)? == v2_1, "boot of v2: boot default");
+
+    // bootHangs: the one-shot is consumed, stage 2 hangs (no sshd); a power
+    // cycle boots the default.
+    set_profile(lab, h1, hang)?;
+    switch_ok(lab, h1, hang, "boot")?;
+    switch_ok(lab, h1, v2_1, "boot")?;
+    let hang_entry = lab
+        .boot_entries(h1)?
+        .into_iter()
+        .find(|(_, t)| t == hang)
+        .map(|(id, _)| id)
+        .ok_or_else(|| anyhow!("no entry for the hanging system"))?;
+    ensure!(lab.boot_default(h1)? == v2_1, "hang: default");
+    lab.ssh_ok(h1, &format!("bootctl set-oneshot {hang_entry}"))?;
+    lab.reboot_no_wait(h1)?;
+    // The boot loader picked the hanging entry; the boot never reaches its
+    // stage 2, so there is no /run/booted-system.
+    ensure!(
+        eventually(Duration::from_secs(10), || lab
+            .boot_state(h1)
+            .map(|b| b.selected.as_deref() == Some(hang_entry.as_str()))
+            .unwrap_or(false)),
+        "{h1}: did not boot the hanging entry"
+    );
+    ensure!(lab.booted_system(h1)?.is_none(), "hang: a booted system");
+    ensure!(lab.oneshot(h1)?.is_none(), "hang: one-shot not consumed");
+    std::thread::sleep(Duration::from_secs(2));
+    let state = lab.exec_sh(
+        h1,
+        "systemctl is-active tether-lab-boot.service ssh.service || true",
+    )?;
+    ensure!(
+        state == "activating\ninactive",
+        "hanging boot: units {state:?}"
+    );
+    ensure!(
+        !ssh_works(lab, h1),
+        "{h1}: SSH answers during a hanging boot"
+    );
+    lab.crash(h1)?;
+    ensure!(
+        current_system(lab, h1)? == v2_1,
+        "after hang + crash: not the default"
+    );
+
+    // GRUB (h2): grub.cfg's first entry is this system; no systemd-boot.
+    set_profile(lab, h2, grub)?;
+    switch_ok(lab, h2, grub, "switch")?;
+    let cfg = lab.ssh_ok(h2, "cat /boot/grub/grub.cfg")?;
+    let first_init = cfg
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("init="))
+        .unwrap_or_default();
+    ensure!(first_init == format!("{grub}/init"), "grub.cfg: {cfg}");
+    let out = lab.ssh(h2, "bootctl is-installed")?;
+    ensure!(
+        out.status.code() == Some(1) && stdout_of(&out) == "no",
+        "bootctl is-installed with GRUB: {out:?}"
+    );
+    ensure!(lab.boot_default(h2)? == grub, "grub: boot default");
+    lab.reboot(h2)?;
+    ensure!(current_system(lab, h2)? == grub, "grub: not booted");
+
+    // bootNetworkDown (h2, back on systemd-boot): unreachable after a boot
+    // into it; the power cycle after the one-shot boots the default.
+    set_profile(lab, h2, netdown)?;
+    switch_ok(lab, h2, netdown, "boot")?;
+    set_profile(lab, h2, b2)?;
+    switch_ok(lab, h2, b2, "switch")?;
+    ensure!(lab.boot_default(h2)? == b2, "netdown: default");
+    let nd_entry = lab
+        .boot_entries(h2)?
+        .into_iter()
+        .find(|(_, t)| t == netdown)
+        .map(|(id, _)| id)
+        .ok_or_else(|| anyhow!("no entry for the netdown system"))?;
+    lab.ssh_ok(h2, &format!("bootctl set-oneshot {nd_entry}"))?;
+    lab.reboot_no_wait(h2)?;
+    ensure!(
+        eventually(Duration::from_secs(15), || lab
+            .exec_sh(h2, "systemctl is-active tether-lab-boot.service")
+            .map(|s| s == "active")
+            .unwrap_or(false)),
+        "netdown boot did not finish"
+    );
+    ensure!(
+        lab.booted_system(h2)?.as_deref() == Some(netdown),
+        "netdown not booted"
+    );
+    ensure!(
+        !ssh_works(lab, h2),
+        "{h2}: reachable after a bootNetworkDown boot"
+    );
+    let link = lab.exec_sh(h2, "ip -o link show dev eth0")?;
+    ensure!(!link.contains("state UP"), "eth0: {link}");
+    lab.crash(h2)?;
+    ensure!(
+        current_system(lab, h2)? == b2,
+        "after netdown + crash: not the default"
+    );
+
+    // A new init interface cannot be activated live (exit 100), changes nothing.
+    let (code, text) = switch(lab, h3, iface, "test")?;
+    ensure!(
+        code == 100 && text.contains("incompatible with the current configuration"),
+        "init interface: {code} {text}"
+    );
+    ensure!(
+        current_system(lab, h3)? == get(base, h3)?,
+        "init interface test changed the system"
+    );
+    Ok(())
 }
 
 struct TempDir(PathBuf);
@@ -189,8 +486,13 @@ fn lab_selftest() -> Result<()> {
         let b = get(&base, h)?;
         ensure!(current_system(&lab, h)? == b, "{h}: not on its base system");
         ensure!(
-            lab.ssh_ok(h, "readlink /boot/fixture-loader/default")? == b,
+            lab.boot_default(h)? == b,
             "{h}: boot default is not the base system"
+        );
+        ensure!(
+            lab.boot_entries(h)? == vec![(entry_id(1), b.to_string())],
+            "{h}: boot entries {:?}",
+            lab.boot_entries(h)?
         );
         lab.ssh_ok(h, &format!("nix-store --verify-path {}", shell_quote(b)))?;
     }
@@ -224,10 +526,7 @@ fn lab_selftest() -> Result<()> {
         http_get(&lab, h1, 8080)? == "200 v2",
         "web service after test"
     );
-    ensure!(
-        lab.ssh_ok(h1, "readlink /boot/fixture-loader/default")? == b1,
-        "test changed the boot default"
-    );
+    ensure!(lab.boot_default(h1)? == b1, "test changed the boot default");
     lab.reboot(h1)?;
     ensure!(
         current_system(&lab, h1)? == b1,
@@ -251,7 +550,16 @@ fn lab_selftest() -> Result<()> {
     );
 
     // --- 5. `switch`, then reboot: the new system stays ----------------------
+    // Without a profile generation for it, `switch` installs no boot entry
+    // for the system (the systemd-boot builder's rule): the default stays.
     switch_ok(&lab, h1, &v2_1, "switch")?;
+    ensure!(
+        lab.boot_default(h1)? == b1,
+        "switch of a system that is no generation changed the boot default"
+    );
+    set_profile(&lab, h1, &v2_1)?;
+    switch_ok(&lab, h1, &v2_1, "switch")?;
+    ensure!(lab.boot_default(h1)? == v2_1, "switch: boot default");
     lab.reboot(h1)?;
     ensure!(
         current_system(&lab, h1)? == v2_1,
@@ -288,6 +596,9 @@ fn lab_selftest() -> Result<()> {
     }
     let (code, _) = switch(&lab, h1, &v2_1, "bogus")?;
     ensure!(code == 1, "unknown goal exited {code}, not 1");
+
+    // --- 6b. systemd-boot: entries, loader.conf, bootctl, one-shot -----------
+    boot_loader_checks(&lab, root, [h1, h2, h3], &base, &v2_1)?;
 
     // --- 7. another host's address makes the host unreachable ----------------
     let wrong = fleet(
@@ -358,7 +669,7 @@ fn lab_selftest() -> Result<()> {
     let mut session = lab
         .ssh_command(h3)?
         .arg(format!(
-            "{}/bin/switch-to-configuration test; echo activated $?; read line; echo still-alive $line",
+            "{}/bin/switch-to-configuration test >/dev/null; echo activated $?; read line; echo still-alive $line",
             shell_quote(d3)
         ))
         .stdin(Stdio::piped())

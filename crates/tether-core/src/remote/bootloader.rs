@@ -9,8 +9,6 @@
 //!   resolves them the same way.
 //! - GRUB (`/boot/grub/grub.cfg`): NixOS writes the default system as the
 //!   first menu entry; its `init=`.
-//! - The tether lab's fixture boot loader (`/boot/fixture-loader/default`,
-//!   docs/fixture.md).
 //! - None of these (a NixOS container, whose init comes from the system
 //!   profile): the profile is the boot default.
 
@@ -24,10 +22,7 @@ use super::wire::{first, Fields};
 pub(crate) const BOOT_DEFAULT_FUNCTION: &str = r#"boot_default() {
     boot_ok=no
     bd=
-    if [ -L /boot/fixture-loader/default ]; then
-        echo "boot_loader=fixture"
-        resolve /boot/fixture-loader/default; bd=$r
-    elif command -v bootctl >/dev/null 2>&1 && bootctl is-installed --quiet >/dev/null 2>&1; then
+    if command -v bootctl >/dev/null 2>&1 && bootctl is-installed --quiet >/dev/null 2>&1; then
         echo "boot_loader=systemd-boot"
         entries=$(bootctl list --json=short --no-pager 2>/dev/null | tr -d '\n')
         printf 'boot_entries=%s\n' "$entries"
@@ -51,14 +46,23 @@ pub(crate) const BOOT_DEFAULT_FUNCTION: &str = r#"boot_default() {
 }
 "#;
 
+/// The shell function `one_shot_entry WANT`: sets `$entry` to the id of
+/// the systemd-boot entry (`bootctl list --json=short`) whose kernel
+/// parameters carry `init=WANT/init`, or to nothing.
+pub(crate) const ONE_SHOT_ENTRY_FUNCTION: &str = r#"one_shot_entry() {
+    entry=
+    line=$(bootctl list --json=short --no-pager 2>/dev/null | tr -d '\n' | sed 's/},[[:space:]]*{/}\
+{/g' | grep -F "init=$1/init" | head -n 1)
+    entry=$(printf '%s\n' "$line" | sed -n 's/.*"id":[[:space:]]*"\([^"]*\)".*/\1/p')
+}
+"#;
+
 /// Which boot loader tether found on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootLoader {
     SystemdBoot,
     Grub,
-    /// The lab's emulated boot loader (docs/fixture.md).
-    Fixture,
     /// No boot loader (a container): the profile is what boots.
     None,
 }
@@ -76,7 +80,6 @@ pub(crate) fn parse_boot_default(f: &Fields) -> Option<BootDefault> {
     let loader = match first(f, "boot_loader")? {
         "systemd-boot" => BootLoader::SystemdBoot,
         "grub" => BootLoader::Grub,
-        "fixture" => BootLoader::Fixture,
         _ => BootLoader::None,
     };
     let system = match loader {
@@ -123,12 +126,8 @@ mod tests {
     }
 
     #[test]
-    fn grub_fixture_and_containers_print_the_toplevel() {
-        for (loader, kind) in [
-            ("grub", BootLoader::Grub),
-            ("fixture", BootLoader::Fixture),
-            ("none", BootLoader::None),
-        ] {
+    fn grub_and_containers_print_the_toplevel() {
+        for (loader, kind) in [("grub", BootLoader::Grub), ("none", BootLoader::None)] {
             let f = parse_fields(&format!(
                 "boot_loader={loader}\nboot_default=/nix/store/x-sys\n"
             ));

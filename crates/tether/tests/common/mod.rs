@@ -206,9 +206,12 @@ impl Fleet {
         self.console(host, "readlink -f /run/current-system")
     }
 
-    /// The emulated boot loader's default entry.
+    /// The toplevel the host's emulated boot loader boots by default (the
+    /// systemd-boot default entry, one-shot ignored; GRUB's first entry).
     pub fn boot_default(&self, host: &str) -> String {
-        self.console(host, "readlink -f /boot/fixture-loader/default")
+        self.lab
+            .boot_default(host)
+            .unwrap_or_else(|e| panic!("{host}: boot default: {e:#}"))
     }
 
     /// The system profile's current generation number.

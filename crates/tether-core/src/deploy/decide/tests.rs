@@ -149,7 +149,7 @@ fn a_new_system_activated_by_hand_gets_the_whole_trial_before_it_is_persisted() 
     // The boot loader's default counts, not only the profile's.
     let mut f = facts(NEW, NEW);
     f.boot_default = Some(crate::remote::BootDefault {
-        loader: crate::remote::BootLoader::Fixture,
+        loader: crate::remote::BootLoader::SystemdBoot,
         system: Some(OLD.into()),
     });
     let s = start(&job(Goal::Switch), &f).unwrap();
@@ -157,7 +157,7 @@ fn a_new_system_activated_by_hand_gets_the_whole_trial_before_it_is_persisted() 
     // Persisted everywhere: nothing to do.
     let mut f = facts(NEW, NEW);
     f.boot_default = Some(crate::remote::BootDefault {
-        loader: crate::remote::BootLoader::Fixture,
+        loader: crate::remote::BootLoader::SystemdBoot,
         system: Some(NEW.into()),
     });
     assert_eq!(start(&job(Goal::Switch), &f), Err(Outcome::Unchanged));
@@ -392,7 +392,7 @@ fn persist_report(profile_set: bool, boot_rc: Option<i32>) -> PersistReport {
         boot_rc,
         generation: Some(2),
         boot_default: Some(crate::remote::BootDefault {
-            loader: crate::remote::BootLoader::Fixture,
+            loader: crate::remote::BootLoader::SystemdBoot,
             system: Some(if ok { NEW } else { OLD }.into()),
         }),
         persisted: ok,
@@ -426,7 +426,7 @@ fn persisted_only_when_profile_and_boot_loader_both_took_it() {
     // The host says persisted, but its boot default is another system.
     let mut elsewhere = persist_report(true, Some(0));
     elsewhere.boot_default = Some(crate::remote::BootDefault {
-        loader: crate::remote::BootLoader::Fixture,
+        loader: crate::remote::BootLoader::SystemdBoot,
         system: Some(OLD.into()),
     });
     assert!(matches!(
@@ -684,7 +684,7 @@ fn a_finished_trial_counts_as_persisted_only_when_the_profile_has_the_new_system
         Verdict::Done(Outcome::ConfirmedNotPersisted { .. })
     ));
     i.boot_default = Some(crate::remote::BootDefault {
-        loader: crate::remote::BootLoader::Fixture,
+        loader: crate::remote::BootLoader::SystemdBoot,
         system: Some(NEW.into()),
     });
     assert_eq!(
