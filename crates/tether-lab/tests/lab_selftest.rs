@@ -257,9 +257,14 @@ fn boot_loader_checks(
         lab.copy_to(h, p)?;
     }
 
-    // switchInhibited: test/switch/dry-activate/check refused before anything
-    // changes; `boot` allowed; the running system's own check passes.
-    for goal in ["test", "switch", "dry-activate", "check"] {
+    // switchInhibited: test/switch/check refused before anything changes;
+    // `boot` and `dry-activate` allowed; the running system's own check passes.
+    let (code, text) = switch(lab, h1, inhib, "dry-activate")?;
+    ensure!(
+        code == 0 && text.contains("Not checking switch inhibitors (action = dry-activate)"),
+        "inhibited dry-activate: {code} {text}"
+    );
+    for goal in ["test", "switch", "check"] {
         let (code, text) = switch(lab, h1, inhib, goal)?;
         ensure!(code == 1, "inhibited {goal} exited {code}: {text}");
         for want in [
