@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["remote"],
     &["report"],
     &["ports"],
-    &["checks", "identity", "rollout"],
+    &["checks", "identity", "rollout", "trial_choice"],
     &["deploy", "plan"],
 ];
 

@@ -13,7 +13,7 @@
 //! 5. [`remote`]: every operation on a target, its script and its parser;
 //! 6. [`report`]: outcomes, typed reasons and events;
 //! 7. [`ports`]: the narrow traits the logic talks to;
-//! 8. [`checks`], [`identity`], [`rollout`]: leaf logic;
+//! 8. [`checks`], [`identity`], [`rollout`], [`trial_choice`]: leaf logic;
 //! 9. [`deploy`], [`plan`]: the safe switch, fleets, and plans.
 
 pub mod checks;
@@ -29,6 +29,7 @@ pub mod rollout;
 pub mod shell;
 pub mod spec;
 pub mod text;
+pub mod trial_choice;
 
 #[cfg(test)]
 mod layering;

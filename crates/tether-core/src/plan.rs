@@ -12,12 +12,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::identity::{self, Expected, Seen};
-use crate::model::{HostName, StorePath};
+use crate::model::{HostName, StorePath, TrialMode};
 use crate::ports::{call, call_streaming, CallError, Conn, RemoteError, Target};
 use crate::remote::plan::{CurrentSystem, HostSystem, UnitFiles};
-use crate::remote::{DryActivate, Preflight};
+use crate::remote::{DryActivate, Preflight, RebootReason, TrialNeeds};
 use crate::report::IdentityProblem;
 use crate::text::tail;
+use crate::trial_choice::{choose_trial, TrialKind};
 
 // ---------------------------------------------------------------------------
 // Store path names and versions
@@ -416,7 +417,29 @@ pub struct HostPlan {
     pub copied: bool,
     pub closure: Option<ClosureDiff>,
     pub units: Option<UnitPlan>,
+    /// Which trial a deploy would give the change (known once the closure
+    /// is on the host: `--copy`).
+    pub trial: Option<TrialPlan>,
     pub duration_ms: u64,
+}
+
+/// The trial a deploy would give a host's change, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TrialPlan {
+    Live,
+    /// `--force-live` on a change that needs a boot.
+    #[serde(rename_all = "camelCase")]
+    LiveForced {
+        reasons: Vec<RebootReason>,
+    },
+    Reboot {
+        reasons: Vec<RebootReason>,
+    },
+    /// The deploy would refuse the host (the sentence).
+    Refused {
+        reason: String,
+    },
 }
 
 /// Everything needed to plan one host. The new system's closure and unit
@@ -431,6 +454,9 @@ pub struct PlanJob {
     pub new_units: UnitFiles,
     /// Copy the closure and run the real `dry-activate`.
     pub copy: bool,
+    /// The deploy's trial choice (goal switch).
+    pub trial: TrialMode,
+    pub force_live: bool,
     pub command_timeout: Duration,
     pub copy_timeout: Duration,
 }
@@ -456,6 +482,7 @@ pub enum PlanStep {
     ReadCurrentSystem,
     Copy,
     DryActivate,
+    TrialNeeds,
 }
 
 impl fmt::Display for PlanStep {
@@ -465,6 +492,7 @@ impl fmt::Display for PlanStep {
             PlanStep::ReadCurrentSystem => "reading the current system",
             PlanStep::Copy => "copying the closure",
             PlanStep::DryActivate => "dry-activate",
+            PlanStep::TrialNeeds => "reading which trial the change needs",
         })
     }
 }
@@ -494,6 +522,7 @@ pub async fn plan_host<T: Target>(target: &T, job: &PlanJob) -> HostPlan {
         copied: false,
         closure: None,
         units: None,
+        trial: None,
         duration_ms: 0,
     };
     if let Err(problem) = plan_steps(target, job, &mut plan).await {
@@ -587,6 +616,22 @@ async fn plan_steps<T: Target>(
                 ),
             });
         }
+        let needs = TrialNeeds {
+            new_system: job.new_system.clone(),
+        };
+        let needs = call(target, &needs, Conn::Shared, job.command_timeout)
+            .await
+            .map_err(failed(PlanStep::TrialNeeds))?;
+        plan.trial = Some(
+            match choose_trial(job.trial, job.force_live, false, &needs) {
+                Ok(TrialKind::Live) => TrialPlan::Live,
+                Ok(TrialKind::LiveForced { reasons }) => TrialPlan::LiveForced { reasons },
+                Ok(TrialKind::Reboot { reasons }) => TrialPlan::Reboot { reasons },
+                Err(refusal) => TrialPlan::Refused {
+                    reason: refusal.to_string(),
+                },
+            },
+        );
         UnitPlan {
             source: UnitsSource::DryActivate,
             changes: parse_dry_activate(&format!("{}\n{}", out.stdout, out.stderr)),

@@ -4,7 +4,7 @@
 
 use tether_core::deploy::{HostJob, SystemSource};
 use tether_core::inventory::{Host, Inventory};
-use tether_core::model::{DeployId, Goal, StorePath};
+use tether_core::model::{DeployId, Goal, StorePath, TrialMode};
 use tether_core::remote::PersistMode;
 use tether_core::rollout;
 use tether_core::spec::{
@@ -53,6 +53,31 @@ pub struct TimeoutArgs {
     /// Seconds a closure copy may take [default: 1800]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub copy_timeout: Option<u64>,
+    /// Seconds a host may take to come back from a reboot (the reboot
+    /// trial's boot, --reboot) [default: 300]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reboot_timeout: Option<u64>,
+}
+
+/// How goal-switch deploys try the new system; they override the
+/// inventory's `trial`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrialArgs {
+    /// live: switch-to-configuration test under the guard; reboot: boot the
+    /// new system once (systemd-boot one-shot) under a guard that survives
+    /// the reboot; auto: reboot when the kernel, initrd, modules or init
+    /// interface change or the pre-switch checks refuse a live switch
+    /// [default: the inventory's trial, else auto]
+    #[arg(long, value_name = "live|reboot|auto", value_parser = parse_trial)]
+    pub trial: Option<TrialMode>,
+    /// With --trial live: try a change that needs a reboot live anyway
+    /// (its next boot runs something nobody booted)
+    #[arg(long)]
+    pub force_live: bool,
+}
+
+fn parse_trial(s: &str) -> Result<TrialMode, String> {
+    s.parse()
 }
 
 impl TimeoutArgs {
@@ -64,6 +89,7 @@ impl TimeoutArgs {
             confirm: self.confirm_timeout,
             rollback: self.rollback_timeout,
             copy: self.copy_timeout,
+            reboot: self.reboot_timeout,
         }
     }
 
@@ -106,6 +132,7 @@ pub fn host_job(
     new_system: StorePath,
     goal: Goal,
     timeouts: &TimeoutArgs,
+    trial: &TrialArgs,
     deploy_id: &DeployId,
 ) -> Result<HostJob, CommandError> {
     Ok(HostJob {
@@ -114,6 +141,8 @@ pub fn host_job(
         platform: None,
         machine_id: host.machine_id.as_ref().map(|m| m.as_str().to_string()),
         goal,
+        trial: trial.trial.unwrap_or(host.trial),
+        force_live: trial.force_live,
         timeouts: timeouts.for_host(host),
         deploy_id: deploy_id.clone(),
         token: runner::new_token()?,

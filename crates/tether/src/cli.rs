@@ -120,8 +120,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
         // `deploy --dry-run` is `plan`.
         Command::Deploy(args) => match commands::deploy::dry_run_of(&args) {
-            Some((copy, json)) => {
-                commands::plan::run(&ctx, commands::plan::Args::for_dry_run(copy, json)).await
+            Some((copy, json, trial)) => {
+                commands::plan::run(&ctx, commands::plan::Args::for_dry_run(copy, json, trial))
+                    .await
             }
             None => commands::deploy::run(&ctx, args).await,
         },

@@ -582,5 +582,7 @@ pub fn after_reboot(booted: &str, current: &str, new: &StorePath) -> Option<Outc
     })
 }
 
+pub mod boot;
+
 #[cfg(test)]
 mod tests;

@@ -9,23 +9,25 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use super::boot_trial;
 use super::decide::{self, Plan};
 use super::job::HostJob;
 use super::trial;
 use crate::checks::{self, Baseline};
-use crate::model::StorePath;
+use crate::model::{Goal, StorePath, TrialMode};
 use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::SystemStateLook;
 use crate::remote::{
     BootState, DryActivate, Facts, GuardSpec, JournalEntry, JournalEvent, Operation, Persist,
-    Preflight, Reboot,
+    Preflight, Reboot, TrialNeeds,
 };
 use crate::report::{
-    CheckAttempt, CheckFailure, Event, EventKind, Failure, HostReport, NotPersisted, Outcome,
-    Phase, Unhealthy, UnknownReason,
+    reboot_reasons_text, CheckAttempt, CheckFailure, Event, EventKind, Failure, HostReport,
+    NotPersisted, Outcome, Phase, Unhealthy, UnknownReason,
 };
 use crate::spec::{LOOK_CALL, POLL_INTERVAL};
 use crate::text::tail;
+use crate::trial_choice::{choose_trial, TrialKind};
 
 /// Deploys one host and reports its outcome.
 pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
@@ -125,12 +127,27 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 return (Outcome::Failed { reason }, old);
             }
         }
+        let mut booted_on_trial = false;
         let outcome = match start.plan {
             Plan::DryActivate => self.dry_activate().await,
             Plan::SetBootDefault => self.set_boot_default().await,
-            Plan::Trial => trial::run(self, &facts, &start).await,
+            Plan::Trial => match self.choose_trial().await {
+                Ok(TrialKind::Live) => trial::run(self, &facts, &start).await,
+                Ok(TrialKind::LiveForced { reasons }) => {
+                    self.warn(format!(
+                        "--force-live: a live trial although {}; the next boot runs a change nobody booted",
+                        reboot_reasons_text(&reasons)
+                    ));
+                    trial::run(self, &facts, &start).await
+                }
+                Ok(TrialKind::Reboot { reasons }) => {
+                    booted_on_trial = true;
+                    boot_trial::run(self, &facts, &start.old, &reasons).await
+                }
+                Err(outcome) => outcome,
+            },
         };
-        let outcome = match (outcome, job.reboot) {
+        let outcome = match (outcome, job.reboot.filter(|_| !booted_on_trial)) {
             (
                 Outcome::Confirmed {
                     generation,
@@ -141,6 +158,28 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             (other, _) => other,
         };
         (outcome, old)
+    }
+
+    /// Which trial the change gets (goal switch only: a `test` is live by
+    /// definition, and never persists).
+    async fn choose_trial(&self) -> Result<TrialKind, Outcome> {
+        let job = self.job;
+        if job.goal != Goal::Switch || (job.trial == TrialMode::Live && job.force_live) {
+            return Ok(TrialKind::Live);
+        }
+        let op = TrialNeeds {
+            new_system: job.new_system.clone(),
+        };
+        let needs = self
+            .call(&op, Conn::Shared, job.timeouts.command)
+            .await
+            .map_err(|e| Outcome::Failed {
+                reason: Failure::Preflight {
+                    error: format!("reading what the change needs: {e}"),
+                },
+            })?;
+        choose_trial(job.trial, job.force_live, job.reboot.is_some(), &needs)
+            .map_err(|reason| Outcome::Refused { reason })
     }
 
     /// The preflight's facts: from the early run on the shared connection

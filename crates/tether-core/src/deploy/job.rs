@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::model::{DeployId, Goal, HostName, StorePath, Token};
+use crate::model::{DeployId, Goal, HostName, StorePath, Token, TrialMode};
 use crate::remote::{PersistMode, ScriptOutput};
 use crate::spec::{CheckTarget, HostChecks, Timeouts};
 
@@ -16,6 +16,10 @@ pub struct HostJob {
     /// The pinned machine-id, when the inventory has one.
     pub machine_id: Option<String>,
     pub goal: Goal,
+    /// How a goal-switch deploy tries the new system (live or by booting it).
+    pub trial: TrialMode,
+    /// `--force-live`: a live trial even for a change that needs a boot.
+    pub force_live: bool,
     pub timeouts: Timeouts,
     pub deploy_id: DeployId,
     pub token: Token,

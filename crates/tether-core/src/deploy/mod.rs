@@ -3,6 +3,7 @@
 //! against the narrow interfaces of [`crate::ports`], so this module never
 //! touches a process.
 
+mod boot_trial;
 pub mod decide;
 pub mod fleet;
 pub mod host;

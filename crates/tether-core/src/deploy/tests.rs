@@ -128,6 +128,7 @@ impl Target for Fake {
             Op::Persist => "persist",
             Op::FinishTrial => "finish",
             Op::SystemState => "system",
+            Op::TrialNeeds => "needs",
             _ => "other",
         };
         self.calls.borrow_mut().push((kind.to_string(), conn));
@@ -197,6 +198,8 @@ impl Target for Fake {
             "renew" => self.renew.clone().and_then(|s| ok(&s)),
             "persist" => ok(&self.persist),
             "system" => ok(&self.system),
+            // A change a live trial can show, on a host that could boot once.
+            "needs" => ok("one_shot=yes\nboots_current=yes\nneeds=done\n"),
             _ => ok(""),
         };
         async move {
@@ -250,6 +253,8 @@ fn job(goal: Goal) -> HostJob {
         platform: Some("x86_64-linux".into()),
         machine_id: Some("m1".into()),
         goal,
+        trial: crate::model::TrialMode::Auto,
+        force_live: false,
         timeouts: Timeouts::default(),
         deploy_id: DeployId::new("20261121T000000", "abcdef").unwrap(),
         token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),

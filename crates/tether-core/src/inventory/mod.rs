@@ -30,7 +30,7 @@ use crate::spec::{CheckTarget, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
 use crate::model::{
-    Address, HostKey, HostName, MachineId, Selector, SshUser, Tag, DEFAULT_SSH_PORT,
+    Address, HostKey, HostName, MachineId, Selector, SshUser, Tag, TrialMode, DEFAULT_SSH_PORT,
 };
 use crate::text::suggest;
 use fields::{describe, Fields};
@@ -77,6 +77,8 @@ pub struct Host {
     pub timeouts: TimeoutSettings,
     /// Health checks, defaults merged in (docs/checks.md).
     pub checks: HostChecks,
+    /// How goal-switch deploys try the new system (`trial`, default auto).
+    pub trial: TrialMode,
 }
 
 impl Host {
@@ -366,6 +368,7 @@ fn read_host(
         checks,
         ssh_options: settings.ssh_options,
         timeouts: settings.timeouts,
+        trial: settings.trial.unwrap_or_default(),
     })
 }
 

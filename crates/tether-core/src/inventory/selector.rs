@@ -77,6 +77,7 @@ mod tests {
             configuration: Configuration::Named(name.to_owned()),
             ssh_options: Vec::new(),
             timeouts: Default::default(),
+            trial: Default::default(),
             checks: Default::default(),
         }
     }

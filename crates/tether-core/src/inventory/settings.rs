@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::checks::{read_checks, CheckMap};
 use super::fields::Fields;
-use crate::model::{SshUser, Tag};
+use crate::model::{SshUser, Tag, TrialMode};
 use crate::spec::{FailedUnits, HostChecks, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct Settings {
     pub check_timeout: Option<u64>,
     /// `checkInterval`, seconds.
     pub check_interval: Option<u64>,
+    /// `trial`: how goal-switch deploys try the new system.
+    pub trial: Option<TrialMode>,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
         "systemRunning",
         "checkTimeout",
         "checkInterval",
+        "trial",
     ];
 
     /// The health checks these (merged) settings describe.
@@ -84,6 +87,21 @@ impl Settings {
         parsed
     }
 
+    fn read_trial(fields: &mut Fields<'_>) -> Option<TrialMode> {
+        let s = fields.string("trial")?;
+        let parsed = s.parse().ok();
+        if parsed.is_none() {
+            fields.error(
+                "trial",
+                super::Problem::InvalidChoice {
+                    value: s,
+                    expected: "\"live\", \"reboot\", \"auto\"",
+                },
+            );
+        }
+        parsed
+    }
+
     pub(crate) fn read(fields: &mut Fields<'_>) -> Settings {
         Settings {
             ssh_user: fields.parse("sshUser"),
@@ -96,6 +114,7 @@ impl Settings {
             system_running: fields.bool("systemRunning"),
             check_timeout: fields.seconds("checkTimeout", 1, 3_600),
             check_interval: fields.seconds("checkInterval", 1, 300),
+            trial: Self::read_trial(fields),
         }
     }
 
@@ -130,6 +149,7 @@ impl Settings {
             system_running: host.system_running.or(defaults.system_running),
             check_timeout: host.check_timeout.or(defaults.check_timeout),
             check_interval: host.check_interval.or(defaults.check_interval),
+            trial: host.trial.or(defaults.trial),
         }
     }
 }

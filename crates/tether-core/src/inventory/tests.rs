@@ -531,3 +531,29 @@ fn rollout_policy_is_read_and_checked() {
         assert!(errors.contains(field), "{field} not named in: {errors}");
     }
 }
+
+#[test]
+fn the_trial_is_read_merged_and_checked() {
+    assert_eq!(
+        single_error(with(web1(), "trial", json!("sometimes"))),
+        "host \"web1\": field \"trial\": \"sometimes\" is not one of: \"live\", \"reboot\", \"auto\""
+    );
+    let tether = json!({
+        "defaults": {"trial": "live"},
+        "hosts": {"web1": web1(), "web2": with(with(web1(), "address", json!("10.0.0.2")), "trial", json!("reboot"))},
+    });
+    let inv = Inventory::from_eval(doc(tether)).expect("valid");
+    assert_eq!(
+        inv.get("web1").expect("web1").trial,
+        crate::model::TrialMode::Live
+    );
+    assert_eq!(
+        inv.get("web2").expect("web2").trial,
+        crate::model::TrialMode::Reboot
+    );
+    let inv = Inventory::from_eval(doc(json!({"hosts": {"web1": web1()}}))).expect("valid");
+    assert_eq!(
+        inv.get("web1").expect("web1").trial,
+        crate::model::TrialMode::Auto
+    );
+}

@@ -44,3 +44,44 @@ impl std::str::FromStr for Goal {
         }
     }
 }
+
+/// How a goal-switch deploy tries the new system before confirming it
+/// (`--trial`, inventory `trial`; docs/deploy.md, "The reboot trial").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrialMode {
+    /// `switch-to-configuration test` under the live guard.
+    Live,
+    /// Boot the new system once (systemd-boot's one-shot entry) under a
+    /// guard that survives the reboot.
+    Reboot,
+    /// `reboot` when the change needs a boot to show (kernel, initrd,
+    /// modules, init interface, a pre-switch check refusing the live
+    /// switch), else `live`.
+    #[default]
+    Auto,
+}
+
+impl TrialMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialMode::Live => "live",
+            TrialMode::Reboot => "reboot",
+            TrialMode::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for TrialMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "live" => Ok(TrialMode::Live),
+            "reboot" => Ok(TrialMode::Reboot),
+            "auto" => Ok(TrialMode::Auto),
+            _ => Err(format!(
+                "unknown trial {s:?} (expected live, reboot or auto)"
+            )),
+        }
+    }
+}

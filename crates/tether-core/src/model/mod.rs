@@ -15,7 +15,7 @@ mod selector;
 mod store_path;
 
 pub use error::ValueError;
-pub use goal::Goal;
+pub use goal::{Goal, TrialMode};
 pub use host_key::{HostKey, HostKeyError, KeyType};
 pub use ids::{DeployId, Token};
 pub use names::{Address, HostName, MachineId, SshUser, Tag, DEFAULT_SSH_PORT};

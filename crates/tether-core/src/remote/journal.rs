@@ -25,10 +25,12 @@ pub enum JournalEvent {
     ConfirmedNotPersisted,
     /// The activation could not take NixOS's switch lock; nothing changed.
     NotActivated,
+    /// The reboot trial's guard saw the host boot the new system.
+    Booted,
 }
 
 impl JournalEvent {
-    pub const ALL: [JournalEvent; 8] = [
+    pub const ALL: [JournalEvent; 9] = [
         JournalEvent::Armed,
         JournalEvent::RollingBack,
         JournalEvent::RolledBack,
@@ -37,6 +39,7 @@ impl JournalEvent {
         JournalEvent::ConfirmedUnfinished,
         JournalEvent::ConfirmedNotPersisted,
         JournalEvent::NotActivated,
+        JournalEvent::Booted,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -49,6 +52,7 @@ impl JournalEvent {
             JournalEvent::ConfirmedUnfinished => "confirmed-unfinished",
             JournalEvent::ConfirmedNotPersisted => "confirmed-not-persisted",
             JournalEvent::NotActivated => "not-activated",
+            JournalEvent::Booted => "booted",
         }
     }
 

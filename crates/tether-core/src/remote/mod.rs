@@ -16,6 +16,7 @@
 //! ignored by the parsers.
 
 mod arm;
+mod boot_trial;
 mod bootloader;
 mod checks;
 mod confirm;
@@ -30,6 +31,12 @@ mod trial;
 mod wire;
 
 pub use arm::{ArmAndActivate, ArmReport, ArmResult, ARM_DEADLINE, ARM_WAIT};
+pub use boot_trial::{
+    AskBootTrial, BootTrialAnswer, BootTrialCause, BootTrialReply, BootTrialRequest, BootTrialSeen,
+    BootTrialSpec, BootTrialState, LookAtBootTrial, PrepareBootTrial, PrepareReport, PrepareResult,
+    PrepareStep, RebootReason, TrialNeeds, TrialNeedsReport, BOOT_GUARD_UNIT, BOOT_TRIAL_DIR,
+    BOOT_UNIT_DIR,
+};
 pub use bootloader::{BootDefault, BootLoader};
 pub use checks::{CheckCommand, CommandResult, SystemState, SystemStateLook, Units};
 pub use confirm::{Confirm, ConfirmReport, ConfirmResult};
@@ -93,11 +100,25 @@ pub enum Op {
     PlanCurrentSystem,
     /// A system's unit files, in the deployer's store ([`plan::ListUnitFiles`]).
     UnitFiles,
+    /// Whether a change needs a reboot trial, and whether the host can do one ([`TrialNeeds`]).
+    TrialNeeds,
+    /// Set up a reboot trial: generation, entries, one-shot, guard ([`PrepareBootTrial`]).
+    PrepareBootTrial,
+    /// Read a reboot trial's boot, systems and state ([`LookAtBootTrial`]).
+    LookAtBootTrial,
+    /// Extend a reboot trial's lease ([`AskBootTrial`]).
+    RenewBootTrial,
+    /// Confirm a reboot trial over a fresh connection ([`AskBootTrial`]).
+    ConfirmBootTrial,
+    /// Ask a reboot trial's guard to reboot into the old system ([`AskBootTrial`]).
+    RollBackBootTrial,
+    /// End a persisted reboot trial and remove its guard ([`AskBootTrial`]).
+    FinishBootTrial,
 }
 
 impl Op {
     /// Every operation, for tests that must cover them all.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 25] = [
         Op::Preflight,
         Op::ArmAndActivate,
         Op::Renew,
@@ -116,6 +137,13 @@ impl Op {
         Op::Status,
         Op::PlanCurrentSystem,
         Op::UnitFiles,
+        Op::TrialNeeds,
+        Op::PrepareBootTrial,
+        Op::LookAtBootTrial,
+        Op::RenewBootTrial,
+        Op::ConfirmBootTrial,
+        Op::RollBackBootTrial,
+        Op::FinishBootTrial,
     ];
 
     /// The operation's name in logs and errors.
@@ -139,6 +167,13 @@ impl Op {
             Op::Status => "status",
             Op::PlanCurrentSystem => "read the current system",
             Op::UnitFiles => "list unit files",
+            Op::TrialNeeds => "read what the change needs",
+            Op::PrepareBootTrial => "prepare the reboot trial",
+            Op::LookAtBootTrial => "look at the reboot trial",
+            Op::RenewBootTrial => "renew the reboot trial's lease",
+            Op::ConfirmBootTrial => "confirm the reboot trial",
+            Op::RollBackBootTrial => "ask the boot-trial guard to roll back",
+            Op::FinishBootTrial => "finish the reboot trial",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! whether another deploy or another activation (NixOS's switch lock) holds
 //! it. Read-only; the shared connection's first session.
 
+use super::boot_trial::{BootTrialState, BOOT_TRIAL_DIR};
 use super::bootloader::{parse_boot_default, BootDefault, BOOT_DEFAULT_FUNCTION};
 use super::guard::SWITCH_LOCK;
 use super::wire::Fields;
@@ -165,6 +166,13 @@ if [ -d {lock} ]; then
         echo "busy=$holder"
     fi
 fi
+# A reboot trial that is not over holds the host too (it survives reboots).
+bst=; read -r bst 2>/dev/null <{boot_trial}/state
+case "$bst" in
+    {pending})
+        holder=; read -r holder 2>/dev/null <{boot_trial}/deploy
+        echo "busy=$holder" ;;
+esac
 profile={profile}
 {boots_new}echo "preflight=done"
 "#,
@@ -172,6 +180,13 @@ profile={profile}
             lock = quote(LOCK_DIR),
             resolve = RESOLVE_FUNCTION,
             lock_probe = SWITCH_LOCK_PROBE.replace("@SWITCH_LOCK@", &quote(SWITCH_LOCK)),
+            boot_trial = quote(BOOT_TRIAL_DIR),
+            pending = BootTrialState::WRITTEN
+                .iter()
+                .filter(|s| !s.is_over())
+                .map(|s| quote(s.wire()))
+                .collect::<Vec<_>>()
+                .join("|"),
         )
     }
 

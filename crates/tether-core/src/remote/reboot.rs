@@ -2,7 +2,7 @@
 //! systems the host runs afterwards.
 
 use super::wire::{first, parse_fields, ParseError};
-use super::{Op, Operation, ScriptOutput};
+use super::{Op, Operation, ScriptOutput, RESOLVE_FUNCTION};
 use crate::model::DeployId;
 use crate::shell::quote;
 
@@ -51,12 +51,14 @@ impl Operation for BootState {
     const OP: Op = Op::BootState;
 
     fn script(&self) -> String {
-        r#"echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
-echo "booted=$(readlink -f /run/booted-system 2>/dev/null)"
-echo "current=$(readlink -f /run/current-system 2>/dev/null)"
+        format!(
+            r#"echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+{RESOLVE_FUNCTION}
+resolve /run/booted-system; echo "booted=$r"
+resolve /run/current-system; echo "current=$r"
 echo "system_state=$(systemctl is-system-running 2>/dev/null)"
 "#
-        .to_string()
+        )
     }
 
     fn parse(&self, out: &ScriptOutput) -> Result<BootStateReport, ParseError> {

@@ -2,6 +2,7 @@
 //! its answer: systems, generations, whether a reboot is needed, failed
 //! units, guards, and the tail of the target's own deploy journal.
 
+use super::boot_trial::{BootTrialState, BOOT_TRIAL_DIR};
 use super::guard::GuardState;
 use super::journal::JournalEvent;
 use super::wire::{all, finished, first, parse_fields, ParseError};
@@ -68,6 +69,9 @@ if [ -d {lock} ]; then
     unit=$(cat {lock}/unit 2>/dev/null)
     printf 'lock=%s %s\n' "$(cat {lock}/deploy 2>/dev/null)" "$(systemctl is-active "$unit" 2>/dev/null)"
 fi
+if [ -r {boot_trial}/state ]; then
+    printf 'boot_trial=%s %s\n' "$(cat {boot_trial}/deploy 2>/dev/null)" "$(cat {boot_trial}/state 2>/dev/null)"
+fi
 tail -n {tail} {journal} 2>/dev/null | while IFS= read -r line; do
     printf 'journal=%s\n' "$line"
 done
@@ -78,6 +82,7 @@ echo "status=done"
         lock = quote(LOCK_DIR),
         journal = quote(JOURNAL),
         tail = JOURNAL_TAIL,
+        boot_trial = quote(BOOT_TRIAL_DIR),
     )
 }
 
@@ -220,7 +225,20 @@ pub struct HostStatus {
     pub guards: Vec<GuardInfo>,
     /// The deploy lock: holder and whether its guard is alive.
     pub lock: Option<(String, bool)>,
+    /// The last reboot trial on the host: its deploy and state.
+    pub boot_trial: Option<BootTrialInfo>,
     pub journal: Vec<JournalLine>,
+}
+
+/// A reboot trial's state on the host (docs/deploy.md, "The reboot trial").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootTrialInfo {
+    pub deploy_id: String,
+    pub state: String,
+    /// Not over: the host boots (or booted) the new system on trial, or its
+    /// guard still has to restore the old one.
+    pub pending: bool,
 }
 
 impl HostStatus {
@@ -352,6 +370,15 @@ fn parse_status(stdout: &str) -> Result<HostStatus, ParseError> {
         failed_units: all("failed_unit"),
         guards,
         lock,
+        boot_trial: s("boot_trial").and_then(|l| {
+            let (id, state) = l.split_once(' ')?;
+            let parsed = BootTrialState::parse(state);
+            Some(BootTrialInfo {
+                deploy_id: id.to_string(),
+                state: parsed.to_string(),
+                pending: !parsed.is_over(),
+            })
+        }),
         journal: all("journal")
             .iter()
             .filter_map(|l| JournalLine::parse(l))
@@ -390,6 +417,25 @@ status=done\n";
         assert_eq!(s.lock, Some(("20260101T000000-aa".into(), false)));
         assert_eq!(s.journal[0].kind(), Some(JournalEvent::Armed));
         assert_eq!(s.journal[0].detail, "lease 15s");
+        assert_eq!(s.boot_trial, None);
+    }
+
+    #[test]
+    fn a_reboot_trial_still_on_is_pending_and_an_ended_one_is_not() {
+        let with = |state: &str| {
+            let text = SAMPLE.replace(
+                "status=done\n",
+                &format!("boot_trial=20260101T000002-cc {state}\nstatus=done\n"),
+            );
+            parse_status(&text).unwrap().boot_trial.unwrap()
+        };
+        for state in ["prepared", "booted", "confirmed", "rolling-back"] {
+            assert!(with(state).pending, "{state}");
+        }
+        for state in ["finished", "rolled-back", "restore-failed"] {
+            assert!(!with(state).pending, "{state}");
+        }
+        assert_eq!(with("booted").deploy_id, "20260101T000002-cc");
     }
 
     #[test]

@@ -108,7 +108,43 @@ fn example(op: Op) -> Script {
             system: s.new_system,
         }
         .request(),
+        Op::TrialNeeds => TrialNeeds {
+            new_system: s.new_system,
+        }
+        .request(),
+        Op::PrepareBootTrial => PrepareBootTrial { spec: boot_spec() }.request(),
+        Op::LookAtBootTrial => LookAtBootTrial {
+            deploy_id: s.deploy_id,
+        }
+        .request(),
+        Op::RenewBootTrial => ask(BootTrialRequest::Renew),
+        Op::ConfirmBootTrial => ask(BootTrialRequest::Confirm),
+        Op::RollBackBootTrial => ask(BootTrialRequest::RollBack),
+        Op::FinishBootTrial => ask(BootTrialRequest::Finish),
     }
+}
+
+fn boot_spec() -> BootTrialSpec {
+    let s = spec();
+    BootTrialSpec {
+        deploy_id: s.deploy_id,
+        token: s.token,
+        old_system: s.old_system,
+        new_system: s.new_system,
+        generation: Some(41),
+        lease: Duration::from_secs(15),
+        first_lease: Duration::from_secs(45),
+        deployer: s.deployer,
+    }
+}
+
+fn ask(request: BootTrialRequest) -> Script {
+    AskBootTrial {
+        spec: boot_spec(),
+        request,
+        journal: Some(journal()),
+    }
+    .request()
 }
 
 fn assert_parses_as_sh(script: &str) {
@@ -143,8 +179,9 @@ fn every_operation_is_valid_sh_even_with_quotes_in_values() {
         );
         assert_parses_as_sh(&script.text);
     }
-    // Also the guard itself.
+    // Also the guards themselves.
     assert_parses_as_sh(&guard::guard_script());
+    assert_parses_as_sh(&boot_trial::boot_guard_script());
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum Phase {
     Confirming,
     Persisting,
     Rebooting,
+    /// The reboot trial: the host booted the new system once.
+    Booted,
     RollingBack,
 }
 
@@ -33,6 +35,7 @@ impl Phase {
             Phase::Confirming => "confirming",
             Phase::Persisting => "persisting",
             Phase::Rebooting => "rebooting",
+            Phase::Booted => "booted",
             Phase::RollingBack => "rolling-back",
         }
     }

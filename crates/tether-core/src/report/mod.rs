@@ -2,11 +2,13 @@
 //! a run, and health-check attempts and failures. Reporters (the terminal
 //! view, NDJSON, the journal) turn these into text; the logic never does.
 
+mod boot_reason;
 mod checks;
 mod events;
 mod outcome;
 mod reason;
 
+pub use boot_reason::{reboot_reasons_text, BootTrialProblem};
 pub use checks::{CheckAttempt, CheckFailure};
 pub use events::{Event, EventKind, Phase};
 pub use outcome::{Cause, HostReport, Outcome, RunResult};

@@ -10,8 +10,12 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::boot_reason::{reboot_reasons_text, BootTrialProblem};
 use super::checks::CheckFailure;
-use crate::remote::{activation_exit_meaning, GuardCause, GuardState, LockHolder};
+use crate::remote::{
+    activation_exit_meaning, BootLoader, BootTrialCause, GuardCause, GuardState, LockHolder,
+    PrepareStep, RebootReason,
+};
 
 /// The exit code of a `switch-to-configuration` run, said with its meaning.
 fn exit_text(code: Option<i32>) -> String {
@@ -111,6 +115,28 @@ pub enum Refusal {
         #[serde(flatten)]
         problem: NoGeneration,
     },
+    /// `--trial live` on a change that only a boot can show.
+    NeedsReboot {
+        reasons: Vec<RebootReason>,
+    },
+    /// The reboot trial needs a boot loader that boots an entry once.
+    #[serde(rename_all = "camelCase")]
+    NoOneShotBoot {
+        boot_loader: Option<BootLoader>,
+        reasons: Vec<RebootReason>,
+    },
+    /// The reboot trial returns to the boot default: it must be the system
+    /// the host runs.
+    #[serde(rename_all = "camelCase")]
+    BootsOtherSystem {
+        runs: String,
+        boots: Option<String>,
+    },
+    /// `--force-live` with `--reboot`: a kernel change would be persisted
+    /// before it ever booted.
+    ForceLiveWithReboot {
+        reasons: Vec<RebootReason>,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -154,6 +180,34 @@ impl fmt::Display for Refusal {
                 "the host already runs the new system ({current}) but has no other system to return to if it is unhealthy; nothing was done"
             ),
             Refusal::NoGeneration { problem } => problem.fmt(f),
+            Refusal::NeedsReboot { reasons } => write!(
+                f,
+                "--trial live refused: {}; a live trial cannot show this change (deploy with --trial reboot or auto, or accept the risk with --force-live); nothing was activated",
+                reboot_reasons_text(reasons)
+            ),
+            Refusal::NoOneShotBoot {
+                boot_loader,
+                reasons,
+            } => write!(
+                f,
+                "this change needs a reboot trial ({}), but the host's boot loader ({}) cannot boot an entry once: the reboot trial needs systemd-boot (bootctl set-oneshot); nothing was activated",
+                reboot_reasons_text(reasons),
+                match boot_loader {
+                    Some(BootLoader::Grub) => "GRUB",
+                    Some(BootLoader::SystemdBoot) => "systemd-boot, not installed",
+                    Some(BootLoader::None) | None => "none found",
+                }
+            ),
+            Refusal::BootsOtherSystem { runs, boots } => write!(
+                f,
+                "the reboot trial returns to the host's boot default, but the host runs {runs} and boots {}; switch it to the system it boots first; nothing was activated",
+                boots.as_deref().unwrap_or("a system tether could not read")
+            ),
+            Refusal::ForceLiveWithReboot { reasons } => write!(
+                f,
+                "--force-live with --reboot would persist a change nobody booted ({}); drop --force-live to use the reboot trial",
+                reboot_reasons_text(reasons)
+            ),
         }
     }
 }
@@ -209,6 +263,11 @@ impl fmt::Display for NoGeneration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Failure {
+    /// Preparing the reboot trial failed; what it changed was undone.
+    PrepareBootTrial {
+        step: PrepareStep,
+        detail: String,
+    },
     /// The preflight got no usable answer.
     Preflight {
         error: String,
@@ -268,6 +327,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Preflight { error } => write!(f, "preflight: {error}"),
+            Failure::PrepareBootTrial { step, detail } => write!(
+                f,
+                "preparing the reboot trial failed {step}: {detail}; the profile and boot entries were put back, nothing was activated"
+            ),
             Failure::Copy { error } => write!(f, "copy: {error}; nothing was activated"),
             Failure::GuardNotStarted { detail } => write!(
                 f,
@@ -538,6 +601,15 @@ pub enum RollbackReason {
     /// `revertOnFailure`: this run confirmed the host, then switched it back.
     #[serde(rename_all = "camelCase")]
     Reverted { failed_hosts: usize },
+    /// The reboot trial ended with the host booted on the old system again
+    /// (profile and boot entries restored, unless `restore_problem` says
+    /// what could not be).
+    #[serde(rename_all = "camelCase")]
+    BootTrial {
+        why: BootTrialProblem,
+        guard: Option<BootTrialCause>,
+        restore_problem: Option<String>,
+    },
 }
 
 impl fmt::Display for RollbackReason {
@@ -552,6 +624,23 @@ impl fmt::Display for RollbackReason {
                 f,
                 "{why}; the host rebooted during the trial and came back on the previous system"
             ),
+            RollbackReason::BootTrial {
+                why,
+                guard,
+                restore_problem,
+            } => {
+                write!(f, "{why}; the host is back on its previous system")?;
+                if let Some(cause) = guard {
+                    write!(f, " ({cause})")?;
+                }
+                match restore_problem {
+                    Some(p) => write!(
+                        f,
+                        "; restoring the profile and boot entries failed ({p}): check them with tether status"
+                    ),
+                    None => Ok(()),
+                }
+            }
             RollbackReason::Reverted { failed_hosts } => write!(
                 f,
                 "reverted to its previous system because {failed_hosts} host(s) failed in this rollout (revertOnFailure)"
@@ -742,6 +831,32 @@ pub enum UnknownReason {
         seconds: u64,
         last_seen: String,
     },
+    /// The host did not come back from its trial boot in time.
+    #[serde(rename_all = "camelCase")]
+    NotBackFromTrialBoot {
+        seconds: u64,
+        last_seen: String,
+    },
+    /// The reboot trial ended and tether could not learn how.
+    #[serde(rename_all = "camelCase")]
+    BootTrialNoVerdict {
+        why: BootTrialProblem,
+        seconds: u64,
+        last_seen: String,
+    },
+    /// The host no longer holds this deploy's reboot trial.
+    #[serde(rename_all = "camelCase")]
+    BootTrialGone {
+        why: BootTrialProblem,
+        last_seen: String,
+    },
+    /// Preparing the reboot trial stopped half-way (its session was lost,
+    /// or undoing a failed step failed).
+    #[serde(rename_all = "camelCase")]
+    BootTrialPrepare {
+        step: Option<PrepareStep>,
+        detail: String,
+    },
     /// `revertOnFailure`: the revert itself ended unknown.
     #[serde(rename_all = "camelCase")]
     Reverting {
@@ -799,6 +914,32 @@ impl fmt::Display for UnknownReason {
                 f,
                 "confirmed and persisted, then rebooted: the host did not come back within {seconds}s (last seen: {last_seen})"
             ),
+            UnknownReason::NotBackFromTrialBoot { seconds, last_seen } => write!(
+                f,
+                "rebooted into the new system on trial: the host did not come back within {seconds}s (last seen: {last_seen}); the boot loader consumed the one-shot entry, so its next power cycle (or a hardware watchdog) boots the old system, and the guard then restores the profile and boot entries"
+            ),
+            UnknownReason::BootTrialNoVerdict {
+                why,
+                seconds,
+                last_seen,
+            } => write!(
+                f,
+                "{why}; the host did not show how its reboot trial ended within {seconds}s (last seen: {last_seen}); its guard reboots it into the old system when the lease lapses"
+            ),
+            UnknownReason::BootTrialGone { why, last_seen } => write!(
+                f,
+                "{why}; tether cannot tell how the reboot trial ended: {last_seen}"
+            ),
+            UnknownReason::BootTrialPrepare { step, detail } => {
+                f.write_str("preparing the reboot trial stopped half-way")?;
+                if let Some(step) = step {
+                    write!(f, " {step}")?;
+                }
+                write!(
+                    f,
+                    ": {detail}; the host may boot the new system on trial at its next reboot (its guard then returns it to the old one)"
+                )
+            }
             UnknownReason::Reverting {
                 failed_hosts,
                 reason,

@@ -22,6 +22,9 @@ pub struct Timeouts {
     pub copy: Duration,
     /// How long one ordinary remote command may take.
     pub command: Duration,
+    /// How long a host may take to come back from a reboot (the reboot
+    /// trial's boot, `--reboot`).
+    pub reboot: Duration,
 }
 
 impl Default for Timeouts {
@@ -33,6 +36,7 @@ impl Default for Timeouts {
             rollback: Duration::from_secs(90),
             copy: Duration::from_secs(1800),
             command: Duration::from_secs(30),
+            reboot: Duration::from_secs(300),
         }
     }
 }
@@ -47,6 +51,7 @@ pub struct TimeoutSettings {
     pub confirm: Option<u64>,
     pub rollback: Option<u64>,
     pub copy: Option<u64>,
+    pub reboot: Option<u64>,
 }
 
 impl TimeoutSettings {
@@ -57,6 +62,7 @@ impl TimeoutSettings {
         ("confirm", 1, 3_600),
         ("rollback", 1, 3_600),
         ("copy", 1, 86_400),
+        ("reboot", 1, 86_400),
     ];
 
     pub fn set(&mut self, key: &str, value: u64) {
@@ -66,6 +72,7 @@ impl TimeoutSettings {
             "confirm" => self.confirm = Some(value),
             "rollback" => self.rollback = Some(value),
             "copy" => self.copy = Some(value),
+            "reboot" => self.reboot = Some(value),
             _ => {}
         }
     }
@@ -79,6 +86,7 @@ impl TimeoutSettings {
             confirm: self.confirm.or(base.confirm),
             rollback: self.rollback.or(base.rollback),
             copy: self.copy.or(base.copy),
+            reboot: self.reboot.or(base.reboot),
         }
     }
 }
@@ -150,6 +158,7 @@ impl Timeouts {
             rollback: pick(settings.rollback, d.rollback),
             copy: pick(settings.copy, d.copy),
             command: d.command,
+            reboot: pick(settings.reboot, d.reboot),
         }
     }
 }

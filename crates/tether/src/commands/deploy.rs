@@ -8,7 +8,7 @@ use tether_core::model::Goal;
 use tether_core::remote::{Operation, Preflight};
 
 use crate::adapters::ssh::SshTarget;
-use crate::args::{host_job, RolloutArgs, TimeoutArgs};
+use crate::args::{host_job, RolloutArgs, TimeoutArgs, TrialArgs};
 use crate::cli::Context;
 use crate::exit::CommandError;
 use crate::runner::{self, Prepared, RunOptions};
@@ -43,9 +43,8 @@ pub struct Args {
     /// to come back on the new system and pass its checks
     #[arg(long)]
     pub reboot: bool,
-    /// Seconds to wait for a rebooted host [default: 300]
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub reboot_timeout: Option<u64>,
+    #[command(flatten)]
+    pub trial: TrialArgs,
     #[command(flatten)]
     pub rollout: RolloutArgs,
     #[command(flatten)]
@@ -57,8 +56,9 @@ fn parse_goal(s: &str) -> Result<Goal, String> {
 }
 
 /// `deploy --dry-run` is `tether plan` (the dispatch runs it).
-pub fn dry_run_of(args: &Args) -> Option<(bool, bool)> {
-    args.dry_run.then_some((args.copy, args.json))
+pub fn dry_run_of(args: &Args) -> Option<(bool, bool, TrialArgs)> {
+    args.dry_run
+        .then(|| (args.copy, args.json, args.trial.clone()))
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
@@ -103,7 +103,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let deploy_id = runner::new_deploy_id()?;
     let reboot = args
         .reboot
-        .then(|| Duration::from_secs(args.reboot_timeout.unwrap_or(300)));
+        .then(|| Duration::from_secs(args.timeouts.reboot_timeout.unwrap_or(300)));
     let mut jobs = Vec::new();
     for ((host, target), early) in hosts.iter().zip(targets).zip(early) {
         let system = built.get(&host.name).ok_or_else(|| {
@@ -117,6 +117,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             system.path.clone(),
             args.goal,
             &args.timeouts,
+            &args.trial,
             &deploy_id,
         )?;
         job.platform = system.platform.clone();

@@ -14,15 +14,17 @@ use tether_core::inventory::Host;
 use tether_core::model::StorePath;
 use tether_core::plan::{
     all_planned, parse_path_info_json, plan_host, Closure, HostPlan, PlanJob, PlanStatus,
-    UnitsSource,
+    TrialPlan, UnitsSource,
 };
 use tether_core::ports::{call, Conn};
 use tether_core::remote::plan::{ListUnitFiles, UnitFiles};
+use tether_core::report::reboot_reasons_text;
 use tether_core::spec::Timeouts;
 
 use crate::adapters::local::LocalShell;
 use crate::adapters::nix::NixError;
 use crate::adapters::ssh::SshTarget;
+use crate::args::TrialArgs;
 use crate::cli::Context;
 use crate::exit::{CommandError, ExitStatus};
 
@@ -44,15 +46,20 @@ pub struct Args {
     /// Most hosts planned at once
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// Which trial a deploy would use (shown with --copy, once the closure
+    /// is on the host)
+    #[command(flatten)]
+    pub trial: TrialArgs,
 }
 
 impl Args {
     /// The arguments `deploy --dry-run` plans with.
-    pub fn for_dry_run(copy: bool, json: bool) -> Args {
+    pub fn for_dry_run(copy: bool, json: bool, trial: TrialArgs) -> Args {
         Args {
             copy,
             json,
             parallel: 10,
+            trial,
         }
     }
 }
@@ -186,6 +193,8 @@ fn job(
         new_closure,
         new_units,
         copy: args.copy,
+        trial: args.trial.trial.unwrap_or(host.trial),
+        force_live: args.trial.force_live,
         command_timeout: d.command,
         copy_timeout: host
             .timeouts
@@ -273,6 +282,25 @@ fn render(plan: &HostPlan) -> String {
         plan.current_system.as_deref().unwrap_or("(none)"),
         plan.new_system
     ));
+    line(match &plan.trial {
+        None => "  trial: decided once the closure is on the host (plan --copy shows it)".into(),
+        Some(TrialPlan::Live) => {
+            "  trial: live (switch-to-configuration test under the guard)".into()
+        }
+        Some(TrialPlan::LiveForced { reasons }) => format!(
+            "  trial: live, forced although {}",
+            reboot_reasons_text(reasons)
+        ),
+        Some(TrialPlan::Reboot { reasons }) if reasons.is_empty() => {
+            "  trial: reboot (asked for)".into()
+        }
+        Some(TrialPlan::Reboot { reasons }) => {
+            format!("  trial: reboot: {}", reboot_reasons_text(reasons))
+        }
+        Some(TrialPlan::Refused { reason }) => {
+            format!("  trial: a deploy would be refused: {reason}")
+        }
+    });
     if let Some(d) = &plan.closure {
         let versions = |v: &[String]| v.join(", ");
         for p in &d.added {

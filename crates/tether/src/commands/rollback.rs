@@ -15,7 +15,7 @@ use tether_core::report::{Failure, HostReport, Outcome, Refusal};
 use tether_core::spec::LOOK_CALL;
 
 use crate::adapters::ssh::SshTarget;
-use crate::args::{host_job, RolloutArgs, TimeoutArgs};
+use crate::args::{host_job, RolloutArgs, TimeoutArgs, TrialArgs};
 use crate::cli::Context;
 use crate::exit::CommandError;
 use crate::runner::{self, Prepared, RunOptions};
@@ -36,6 +36,8 @@ pub struct Args {
     pub rollout: RolloutArgs,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub trial: TrialArgs,
 }
 
 /// A host decided before the rollout: refused or failed, untouched.
@@ -100,7 +102,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     for ((host, target), resolved) in hosts.iter().zip(targets).zip(resolved) {
         match resolved {
             Ok((generation, system)) => {
-                let mut job = host_job(host, system, Goal::Switch, &args.timeouts, &deploy_id)?;
+                let mut job = host_job(
+                    host,
+                    system,
+                    Goal::Switch,
+                    &args.timeouts,
+                    &args.trial,
+                    &deploy_id,
+                )?;
                 job.source = SystemSource::OnTarget;
                 job.persist = PersistMode::SwitchGeneration(generation);
                 if !args.json {

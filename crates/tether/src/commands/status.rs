@@ -85,6 +85,8 @@ struct Row {
     armed_guards: Vec<String>,
     leftover_guards: Vec<LeftoverGuard>,
     stale_lock: Option<String>,
+    /// A reboot trial that is not over (or whose restore failed).
+    boot_trial: Option<tether_core::remote::status::BootTrialInfo>,
     /// Runs of the deployer's journal whose outcome this status learnt.
     journal_reconciled: usize,
 }
@@ -114,6 +116,7 @@ impl Row {
             armed_guards: Vec::new(),
             leftover_guards: Vec::new(),
             stale_lock: None,
+            boot_trial: None,
             journal_reconciled: 0,
         }
     }
@@ -177,6 +180,10 @@ fn fill(row: &mut Row, host: &Host, s: &HostStatus) {
         })
         .collect();
     row.stale_lock = s.stale_lock().map(str::to_string);
+    row.boot_trial = s
+        .boot_trial
+        .clone()
+        .filter(|t| t.pending || t.state == "restore-failed");
 }
 
 async fn status_of(
@@ -277,6 +284,9 @@ fn guard_cell(r: &Row) -> String {
     );
     if let Some(l) = &r.stale_lock {
         parts.push(format!("stale-lock {l}"));
+    }
+    if let Some(t) = &r.boot_trial {
+        parts.push(format!("boot-trial {} ({})", t.deploy_id, t.state));
     }
     or_dash(Some(parts.join(", ")))
 }

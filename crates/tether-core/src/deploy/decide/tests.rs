@@ -20,6 +20,8 @@ fn job(goal: Goal) -> HostJob {
         platform: Some("x86_64-linux".into()),
         machine_id: Some("0123456789abcdef0123456789abcdef".into()),
         goal,
+        trial: crate::model::TrialMode::Live,
+        force_live: false,
         timeouts: Timeouts::default(),
         deploy_id: DeployId::new("20261121T000000", "abcdef").unwrap(),
         token: Token::new("0123456789abcdef0123456789abcdef").unwrap(),
@@ -880,4 +882,186 @@ fn a_missing_generation_is_refused_naming_those_that_exist() {
         choose_generation(&HostStatus::default(), None),
         Err(NoGeneration::NoProfile)
     );
+}
+
+mod reboot_trial {
+    use super::super::boot::{trial_boot_seen, TrialBoot};
+    use crate::model::{StorePath, TrialMode};
+    use crate::remote::{
+        BootDefault, BootLoader, BootTrialCause, BootTrialSeen, BootTrialState, RebootReason,
+        TrialNeedsReport,
+    };
+    use crate::report::{BootTrialProblem, Outcome, Refusal, RollbackReason, UnknownReason};
+    use crate::trial_choice::{choose_trial, TrialKind};
+
+    fn needs(reasons: Vec<RebootReason>, one_shot: bool) -> TrialNeedsReport {
+        TrialNeedsReport {
+            reasons,
+            one_shot,
+            boot_default: Some(BootDefault {
+                loader: if one_shot {
+                    BootLoader::SystemdBoot
+                } else {
+                    BootLoader::Grub
+                },
+                system: Some("/nix/store/a-old".into()),
+            }),
+            boots_current: true,
+            current_system: Some("/nix/store/a-old".into()),
+            switch_lock: None,
+        }
+    }
+
+    #[test]
+    fn auto_reboots_exactly_when_the_change_needs_a_boot() {
+        let kernel = needs(vec![RebootReason::Kernel], true);
+        assert_eq!(
+            choose_trial(TrialMode::Auto, false, false, &kernel),
+            Ok(TrialKind::Reboot {
+                reasons: vec![RebootReason::Kernel]
+            })
+        );
+        assert_eq!(
+            choose_trial(TrialMode::Auto, false, false, &needs(vec![], true)),
+            Ok(TrialKind::Live)
+        );
+        // Asked for, a reboot trial runs even for a change a live trial shows.
+        assert_eq!(
+            choose_trial(TrialMode::Reboot, false, false, &needs(vec![], true)),
+            Ok(TrialKind::Reboot { reasons: vec![] })
+        );
+    }
+
+    #[test]
+    fn live_refuses_a_change_that_needs_a_boot_unless_forced_and_never_with_reboot() {
+        let check = needs(
+            vec![RebootReason::PreSwitchCheck {
+                exit_code: Some(1),
+                output: "systemd changed".into(),
+            }],
+            true,
+        );
+        assert!(matches!(
+            choose_trial(TrialMode::Live, false, false, &check),
+            Err(Refusal::NeedsReboot { .. })
+        ));
+        assert!(matches!(
+            choose_trial(TrialMode::Live, true, false, &check),
+            Ok(TrialKind::LiveForced { .. })
+        ));
+        assert!(matches!(
+            choose_trial(TrialMode::Live, true, true, &check),
+            Err(Refusal::ForceLiveWithReboot { .. })
+        ));
+        let text = choose_trial(TrialMode::Live, false, false, &check)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("systemd changed"), "{text}");
+    }
+
+    #[test]
+    fn without_a_one_shot_boot_the_reboot_trial_is_refused_never_degraded() {
+        for mode in [TrialMode::Auto, TrialMode::Reboot] {
+            assert!(matches!(
+                choose_trial(
+                    mode,
+                    false,
+                    false,
+                    &needs(vec![RebootReason::Initrd], false)
+                ),
+                Err(Refusal::NoOneShotBoot {
+                    boot_loader: Some(BootLoader::Grub),
+                    ..
+                })
+            ));
+        }
+        let mut other = needs(vec![RebootReason::Kernel], true);
+        other.boots_current = false;
+        assert!(matches!(
+            choose_trial(TrialMode::Auto, false, false, &other),
+            Err(Refusal::BootsOtherSystem { .. })
+        ));
+    }
+
+    fn seen(boot: &str, booted: &str, state: BootTrialState) -> BootTrialSeen {
+        BootTrialSeen {
+            boot_id: boot.into(),
+            booted_system: Some(booted.into()),
+            current_system: Some(booted.into()),
+            state: Some(state),
+            ours: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_look_at_a_rebooting_host_waits_until_it_booted_the_new_system_under_the_guard() {
+        let new = StorePath::new("/nix/store/b-new").unwrap();
+        let before = "boot-1";
+        let look = |s: &BootTrialSeen| trial_boot_seen(s, before, &new, None);
+        assert!(matches!(
+            look(&seen(before, "/nix/store/a-old", BootTrialState::Prepared)),
+            TrialBoot::Waiting(_)
+        ));
+        assert!(matches!(
+            look(&seen(
+                "boot-2",
+                "/nix/store/b-new",
+                BootTrialState::Prepared
+            )),
+            TrialBoot::Waiting(_)
+        ));
+        assert_eq!(
+            look(&seen("boot-2", "/nix/store/b-new", BootTrialState::Booted)),
+            TrialBoot::Booted
+        );
+        // A booted state seen on the old boot id is not the trial boot.
+        assert!(matches!(
+            look(&seen(before, "/nix/store/b-new", BootTrialState::Booted)),
+            TrialBoot::Waiting(_)
+        ));
+    }
+
+    #[test]
+    fn a_host_back_on_the_old_system_is_rolled_back_with_the_guards_cause() {
+        let new = StorePath::new("/nix/store/b-new").unwrap();
+        let mut s = seen("boot-3", "/nix/store/a-old", BootTrialState::RolledBack);
+        s.cause = Some(BootTrialCause::LeaseLapsed);
+        let why = BootTrialProblem::LostContact { lease_seconds: 15 };
+        match trial_boot_seen(&s, "boot-1", &new, Some(&why)) {
+            TrialBoot::Over(Outcome::RolledBack {
+                reason:
+                    RollbackReason::BootTrial {
+                        why: w,
+                        guard: Some(BootTrialCause::LeaseLapsed),
+                        restore_problem: None,
+                    },
+            }) => assert_eq!(w, why),
+            other => panic!("{other:?}"),
+        }
+        // Still on the trial boot after giving up: wait for the guard.
+        let s = seen("boot-2", "/nix/store/b-new", BootTrialState::Booted);
+        assert!(matches!(
+            trial_boot_seen(&s, "boot-1", &new, Some(&why)),
+            TrialBoot::Waiting(_)
+        ));
+        // Restore failed: still back on the old system, and says what failed.
+        let mut s = seen("boot-3", "/nix/store/a-old", BootTrialState::RestoreFailed);
+        s.problem = Some("boot-loader(1)".into());
+        let text = match trial_boot_seen(&s, "boot-1", &new, None) {
+            TrialBoot::Over(o @ Outcome::RolledBack { .. }) => o.reason().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(text.contains("boot-loader(1)"), "{text}");
+        // Another deploy's trial (or none): unknown, never a guess.
+        let mut s = seen("boot-3", "/nix/store/a-old", BootTrialState::RolledBack);
+        s.state = None;
+        s.ours = false;
+        assert!(matches!(
+            trial_boot_seen(&s, "boot-1", &new, None),
+            TrialBoot::Over(Outcome::Unknown {
+                reason: UnknownReason::BootTrialGone { .. }
+            })
+        ));
+    }
 }
