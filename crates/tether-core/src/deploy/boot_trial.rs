@@ -22,12 +22,13 @@ use crate::ports::{call_streaming, CallError, Clock, Conn, Probe, Reporter, Targ
 use crate::remote::{
     AskBootTrial, BootTrialAnswer, BootTrialReply, BootTrialRequest, BootTrialSpec, BootTrialState,
     Facts, JournalEntry, JournalEvent, LookAtBootTrial, Persist, PersistMode, PrepareBootTrial,
-    Reboot, RebootReason,
+    PrepareStep, Reboot, RebootReason,
 };
 use crate::report::{
-    reboot_reasons_text, BootTrialProblem, NotPersisted, Outcome, Phase, UnknownReason,
+    reboot_reasons_text, BootTrialProblem, Failure, NotPersisted, Outcome, Phase, UnknownReason,
 };
 use crate::spec::{LOOK_CALL, POLL_INTERVAL, QUICK_CALL, RETRY_PAUSE};
+use crate::text::tail;
 
 /// The guard's lease on the trial boot, counted from its start there: the
 /// rest of the boot (sshd among it), the deployer's next look and a key
@@ -96,16 +97,40 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     .await
     {
         Ok((Some(id), _)) if !id.is_empty() => id,
-        Ok(_) | Err(_) => {
-            // The guard and the one-shot are in place: the trial happens at
-            // the host's next boot whoever reboots it. Say so and wait; a
-            // host that does not reboot is reported as it is.
-            run.warn("the reboot could not be scheduled; waiting for the host to reboot".into());
+        Ok((None, out)) => {
+            // Definitely not scheduled: undo the prepared trial, so no later
+            // reboot boots an unconfirmed system.
+            return abandon(
+                run,
+                &spec,
+                format!(
+                    "the reboot could not be scheduled: {}",
+                    tail(&out.stderr, 3)
+                ),
+            )
+            .await;
+        }
+        Ok((Some(_), _)) | Err(_) => {
+            // Maybe scheduled (the session broke): the trial happens at the
+            // host's next boot. Wait; a host that never reboots is undone.
+            run.warn("no answer from scheduling the reboot; waiting for the host to reboot".into());
             prepared.boot_id.clone()
         }
     };
-    if let Some(outcome) = await_trial_boot(run, &spec, &boot_before).await {
-        return outcome;
+    match await_trial_boot(run, &spec, &boot_before).await {
+        TrialBootWait::Booted => {}
+        TrialBootWait::Ended(outcome) => return outcome,
+        TrialBootWait::NeverRebooted => {
+            return abandon(
+                run,
+                &spec,
+                format!(
+                    "the host did not reboot within {}s",
+                    job.timeouts.reboot.as_secs()
+                ),
+            )
+            .await
+        }
     }
     run.phase(Phase::Booted);
     let why = match try_trial(run, &spec, facts).await {
@@ -116,7 +141,6 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     let ask = AskBootTrial {
         spec: spec.clone(),
         request: BootTrialRequest::RollBack,
-        journal: None,
     };
     if run.call(&ask, Conn::Fresh, QUICK_CALL).await.is_err() {
         run.warn("could not ask the guard to roll back; it does when the lease lapses".into());
@@ -124,14 +148,22 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     await_verdict(run, &spec, &boot_before, why).await
 }
 
+/// How the wait for the trial boot ended.
+enum TrialBootWait {
+    Booted,
+    /// The trial is over (back on the old system) or the host is lost.
+    Ended(Outcome),
+    /// The host still runs the boot it was prepared on.
+    NeverRebooted,
+}
+
 /// Waits, up to `timeouts.reboot`, for the host to come up on its trial
-/// boot; `Some` when it ended otherwise (already back on the old system,
-/// or not back in time).
+/// boot.
 async fn await_trial_boot<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     run: &Run<'_, T, P, C, R>,
     spec: &BootTrialSpec,
     boot_before: &str,
-) -> Option<Outcome> {
+) -> TrialBootWait {
     let wait = run.job.timeouts.reboot;
     let deadline = run.clock.now() + wait;
     let look = LookAtBootTrial {
@@ -139,21 +171,27 @@ async fn await_trial_boot<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     };
     loop {
         run.clock.sleep(POLL_INTERVAL).await;
+        let mut on_old_boot = false;
         let last = match run.call(&look, Conn::Fresh, LOOK_CALL).await {
             Ok(seen) => {
                 if let Some(outcome) = identity_changed(run, &seen.machine_id) {
-                    return Some(outcome);
+                    return TrialBootWait::Ended(outcome);
                 }
+                on_old_boot =
+                    seen.boot_id == boot_before && seen.state == Some(BootTrialState::Prepared);
                 match boot::trial_boot_seen(&seen, boot_before, &spec.new_system, None) {
-                    TrialBoot::Booted => return None,
-                    TrialBoot::Over(outcome) => return Some(outcome),
+                    TrialBoot::Booted => return TrialBootWait::Booted,
+                    TrialBoot::Over(outcome) => return TrialBootWait::Ended(outcome),
                     TrialBoot::Waiting(last) => last,
                 }
             }
             Err(e) => e.to_string(),
         };
         if run.clock.now() >= deadline {
-            return Some(Outcome::Unknown {
+            if on_old_boot {
+                return TrialBootWait::NeverRebooted;
+            }
+            return TrialBootWait::Ended(Outcome::Unknown {
                 reason: UnknownReason::NotBackFromTrialBoot {
                     seconds: wait.as_secs(),
                     last_seen: last,
@@ -210,7 +248,6 @@ async fn try_trial<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     let confirm = AskBootTrial {
         spec: spec.clone(),
         request: BootTrialRequest::Confirm,
-        journal: None,
     };
     let deadline = run.clock.now() + job.timeouts.confirm;
     loop {
@@ -264,7 +301,6 @@ async fn keep_lease<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     let renew = AskBootTrial {
         spec: spec.clone(),
         request: BootTrialRequest::Renew,
-        journal: None,
     };
     loop {
         run.clock.sleep(timeouts.renew_every()).await;
@@ -295,8 +331,11 @@ async fn keep_lease<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     }
 }
 
-/// Confirmed: the new system's own installer makes its generation the
-/// default (read back), then the trial ends and the guard goes.
+/// Confirmed: in one session under the trial's lock, the new system's own
+/// installer makes its generation the default (read back), and only when
+/// it did the trial ends and the guard goes. Not persisted: the guard
+/// stays, and at the host's next boot (of the old default) restores the
+/// profile and entries.
 async fn persist<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     run: &Run<'_, T, P, C, R>,
     spec: &BootTrialSpec,
@@ -316,21 +355,61 @@ async fn persist<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         Some(n) => PersistMode::SwitchGeneration(n),
         None => PersistMode::SetProfile,
     };
-    let op = Persist {
-        new_system: job.new_system.clone(),
-        mode,
-        trial: None,
-        journal: Some(journal.clone()),
+    let finish = AskBootTrial {
+        spec: spec.clone(),
+        request: BootTrialRequest::Finish(Box::new(Persist {
+            new_system: job.new_system.clone(),
+            mode,
+            trial: None,
+            journal: Some(journal),
+        })),
     };
     let deadline = run.clock.now() + job.timeouts.confirm;
-    let outcome = loop {
-        match call_streaming(run.target, &op, Conn::Fresh, job.timeouts.activation, None).await {
-            Ok((report, out)) => break decide::persisted(Ok(report), &job.new_system, &out.stderr),
+    loop {
+        let answer = call_streaming(
+            run.target,
+            &finish,
+            Conn::Fresh,
+            job.timeouts.activation,
+            None,
+        )
+        .await;
+        match answer {
+            Ok((
+                BootTrialAnswer {
+                    persist: Some(report),
+                    ..
+                },
+                out,
+            )) => return decide::persisted(report, &job.new_system, &out.stderr),
+            // Finished by an earlier attempt whose answer was lost.
+            Ok((
+                BootTrialAnswer {
+                    state: BootTrialState::Finished,
+                    ..
+                },
+                _,
+            )) => {
+                return Outcome::Confirmed {
+                    generation: prepared.new_generation,
+                    persisted: true,
+                }
+            }
+            Ok((answer, _)) => {
+                return Outcome::ConfirmedNotPersisted {
+                    reason: NotPersisted::NoReport {
+                        error: format!(
+                            "the reboot trial's guard would not persist (state {})",
+                            answer.state
+                        ),
+                    },
+                }
+            }
             Err(CallError::Parse { error, .. }) => {
-                break decide::persisted(Err(error), &job.new_system, "")
+                return decide::persisted(Err(error), &job.new_system, "")
             }
             Err(CallError::Remote(e)) if run.clock.now() >= deadline => {
-                break Outcome::ConfirmedNotPersisted {
+                return Outcome::ConfirmedNotPersisted {
                     reason: NotPersisted::Unreachable {
                         error: e.to_string(),
                     },
@@ -338,31 +417,40 @@ async fn persist<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
             }
             Err(CallError::Remote(_)) => run.clock.sleep(RETRY_PAUSE).await,
         }
-    };
-    if !matches!(outcome, Outcome::Confirmed { .. }) {
-        // Confirmed but not the default: the guard stays until the host
-        // boots again, when it finds the old system and restores the rest.
-        return outcome;
     }
-    let finish = AskBootTrial {
+}
+
+/// Undoes a prepared trial whose reboot never came (profile, entries,
+/// one-shot, guard); the host was never touched beyond that.
+async fn abandon<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
+    run: &Run<'_, T, P, C, R>,
+    spec: &BootTrialSpec,
+    why: String,
+) -> Outcome {
+    let ask = AskBootTrial {
         spec: spec.clone(),
-        request: BootTrialRequest::Finish,
-        journal: None,
+        request: BootTrialRequest::Abandon,
     };
-    let mut ended = false;
-    for conn in [Conn::Fresh, Conn::Fresh] {
-        if let Ok(answer) = run.call(&finish, conn, job.timeouts.command).await {
-            ended =
-                answer.result == BootTrialReply::Done || answer.state == BootTrialState::Finished;
-            break;
-        }
+    match run.call(&ask, Conn::Fresh, run.job.timeouts.command).await {
+        Ok(answer) if answer.state == BootTrialState::RolledBack => Outcome::Failed {
+            reason: Failure::PrepareBootTrial {
+                step: PrepareStep::Reboot,
+                detail: why,
+            },
+        },
+        Ok(answer) => Outcome::Unknown {
+            reason: UnknownReason::BootTrialPrepare {
+                step: Some(PrepareStep::Reboot),
+                detail: format!("{why}; undoing the prepared trial left it {}", answer.state),
+            },
+        },
+        Err(e) => Outcome::Unknown {
+            reason: UnknownReason::BootTrialPrepare {
+                step: Some(PrepareStep::Reboot),
+                detail: format!("{why}; undoing the prepared trial failed: {e}"),
+            },
+        },
     }
-    if !ended {
-        run.warn(
-            "persisted, but the boot-trial guard could not be removed; it removes itself at the next boot".into(),
-        );
-    }
-    outcome
 }
 
 /// After giving up on the trial: waits for the host to say how it ended

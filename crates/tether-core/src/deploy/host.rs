@@ -14,7 +14,7 @@ use super::decide::{self, Plan};
 use super::job::HostJob;
 use super::trial;
 use crate::checks::{self, Baseline};
-use crate::model::{Goal, StorePath, TrialMode};
+use crate::model::{Goal, StorePath};
 use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::SystemStateLook;
 use crate::remote::{
@@ -164,7 +164,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
     /// definition, and never persists).
     async fn choose_trial(&self) -> Result<TrialKind, Outcome> {
         let job = self.job;
-        if job.goal != Goal::Switch || (job.trial == TrialMode::Live && job.force_live) {
+        if job.goal != Goal::Switch {
             return Ok(TrialKind::Live);
         }
         let op = TrialNeeds {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::bootloader::{parse_boot_default, BOOT_DEFAULT_FUNCTION, ONE_SHOT_ENTRY_FUNCTION};
 use super::guard::SWITCH_LOCK;
 use super::journal::{JournalEntry, JournalEvent};
+use super::persist::{Persist, PersistReport};
 use super::preflight::{parse_lock_holder, SWITCH_LOCK_PROBE};
 use super::wire::{first, parse_fields, ParseError};
 use super::{Op, Operation, ScriptOutput, LOCK_DIR, RESOLVE_FUNCTION, SYSTEM_PROFILE};
@@ -151,15 +152,18 @@ pub enum BootTrialCause {
     NeverBooted,
     /// Confirmed, but the host booted the old system before it was persisted.
     ConfirmedNotPersisted,
+    /// The reboot never came; tether undid the prepared trial.
+    Abandoned,
 }
 
 impl BootTrialCause {
-    const ALL: [BootTrialCause; 5] = [
+    const ALL: [BootTrialCause; 6] = [
         BootTrialCause::LeaseLapsed,
         BootTrialCause::Requested,
         BootTrialCause::BootedOther,
         BootTrialCause::NeverBooted,
         BootTrialCause::ConfirmedNotPersisted,
+        BootTrialCause::Abandoned,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -169,6 +173,7 @@ impl BootTrialCause {
             BootTrialCause::BootedOther => "booted-other",
             BootTrialCause::NeverBooted => "never-booted",
             BootTrialCause::ConfirmedNotPersisted => "confirmed-not-persisted",
+            BootTrialCause::Abandoned => "abandoned",
         }
     }
 
@@ -195,6 +200,7 @@ impl std::fmt::Display for BootTrialCause {
             BootTrialCause::ConfirmedNotPersisted => {
                 "the host rebooted after the confirmation, before the new system was persisted"
             }
+            BootTrialCause::Abandoned => "the reboot never came and the prepared trial was undone",
         })
     }
 }
@@ -314,10 +320,12 @@ pub enum PrepareStep {
     DefaultMoved,
     Guard,
     OneShot,
+    /// Scheduling the reboot (the deployer's step after preparing).
+    Reboot,
 }
 
 impl PrepareStep {
-    const ALL: [PrepareStep; 7] = [
+    const ALL: [PrepareStep; 8] = [
         PrepareStep::StateDir,
         PrepareStep::Profile,
         PrepareStep::BootLoader,
@@ -325,6 +333,7 @@ impl PrepareStep {
         PrepareStep::DefaultMoved,
         PrepareStep::Guard,
         PrepareStep::OneShot,
+        PrepareStep::Reboot,
     ];
 
     fn wire(self) -> &'static str {
@@ -336,6 +345,7 @@ impl PrepareStep {
             PrepareStep::DefaultMoved => "default-moved",
             PrepareStep::Guard => "guard",
             PrepareStep::OneShot => "one-shot",
+            PrepareStep::Reboot => "reboot",
         }
     }
 }
@@ -350,6 +360,7 @@ impl std::fmt::Display for PrepareStep {
             PrepareStep::DefaultMoved => "keeping the old system the boot default",
             PrepareStep::Guard => "installing the boot-trial guard",
             PrepareStep::OneShot => "setting the one-shot boot entry (bootctl set-oneshot)",
+            PrepareStep::Reboot => "rebooting into the trial",
         })
     }
 }
@@ -396,7 +407,7 @@ old_root={old_root}
 echo "boot_id=$boot"
 answer() {{ echo "prepare=$1"; echo "prepare_end=done"; exit 0; }}
 paths=
-for t in sh flock systemctl bootctl nix-env readlink cat mv rm sleep date mkdir; do
+for t in sh flock systemctl systemd-run bootctl nix-env readlink cat mv rm sleep date mkdir; do
     p=$(command -v "$t") || {{ echo "missing=$t"; answer missing-tool; }}
     paths="$paths $p"
 done
@@ -407,6 +418,11 @@ for p in $(readlink -f $paths); do
     d=${{p%/*}}
     case ":$tool_path:" in *":$d:"*) ;; *) tool_path="$tool_path${{tool_path:+:}}$d" ;; esac
 done
+# One preparation at a time, and none while a trial is on.
+nothing_done() {{ printf 'step=%s\ndetail=%s\nundone=yes\n' {s_state_dir} "$1"; answer failed; }}
+mkdir -p "${{dir%/*}}" || nothing_done "mkdir ${{dir%/*}}"
+exec 7>>"$dir.lock" || nothing_done "open $dir.lock"
+flock -w 10 7 || {{ echo "busy=another preparation"; answer busy; }}
 st=; [ -r "$dir/state" ] && read -r st <"$dir/state"
 case "$st" in
     {prepared}|{booted}|{confirmed}|{rolling_back})
@@ -439,8 +455,18 @@ if [ -n "$existing_gen" ]; then
     out=$(nix-env -p "$profile" --switch-generation "$existing_gen" 2>&1) || fail {s_profile} "$out"
     resolve "$profile"; [ "$r" = "$new" ] || {{ nix-env -p "$profile" --switch-generation "$old_gen" >/dev/null 2>&1; fail {s_profile} "generation $existing_gen is not $new"; }}
 else
-    created=yes
+    # Nix reuses the newest generation when it already is this system: a
+    # failed trial deletes only a generation it made.
+    newest=0
+    for l in "$profile"-*-link; do
+        [ -e "$l" ] || continue
+        n=${{l##*/system-}}; n=${{n%-link}}
+        [ "$n" -gt "$newest" ] 2>/dev/null && newest=$n
+    done
     out=$(nix-env -p "$profile" --set "$new" 2>&1) || fail {s_profile} "$out"
+    new_link=$(readlink "$profile" 2>/dev/null); n=${{new_link#system-}}; n=${{n%-link}}
+    created=no
+    [ "$n" -gt "$newest" ] 2>/dev/null && created=yes
 fi
 printf '%s\n' "$created" >"$dir/created"
 new_link=$(readlink "$profile" 2>/dev/null); new_gen=${{new_link#system-}}; new_gen=${{new_gen%-link}}
@@ -475,15 +501,19 @@ mkdir -p "${{wants%/*}}" || {{ undo; fail {s_guard} "mkdir ${{wants%/*}}" "$undo
     echo "Description=tether reboot trial guard (deploy {deploy})"
     echo "DefaultDependencies=no"
     echo "After=local-fs.target"
+    echo "RequiresMountsFor=$dir /boot"
     echo "Before=shutdown.target"
     echo "Conflicts=shutdown.target"
+    echo "IgnoreOnIsolate=yes"
     echo "[Service]"
     echo "Type=simple"
+    echo "Restart=on-failure"
     echo "Environment=PATH=$tool_path"
-    echo "ExecStart=$(command -v sh) $dir/guard"
+    echo "ExecStart=$(readlink -f "$(command -v sh)") $dir/guard"
 }} >"$unit.new" && mv -f "$unit.new" "$unit" && chmod 0644 "$unit" \
     && ln -sfn "../{unit_name}" "$wants" || {{ undo; fail {s_guard} "writing $unit" "$undone"; }}
-printf '%s\n' {prepared} >"$dir/state"
+printf '%s\n' "$boot" >"$dir/prepared_boot_id" && printf '%s\n' {prepared} >"$dir/state" \
+    || {{ undo; fail {s_state_dir} "writing $dir/state" "$undone"; }}
 out=$(bootctl set-oneshot "$entry" 2>&1) || {{ undo; fail {s_one_shot} "$out" "$undone"; }}
 {journal}echo "entry=$entry"
 echo "old_gen=$old_gen"
@@ -648,6 +678,8 @@ pub struct BootTrialAnswer {
     pub state: BootTrialState,
     pub machine_id: String,
     pub booted_system: Option<String>,
+    /// What persisting printed ([`BootTrialRequest::Finish`] only).
+    pub persist: Option<Result<PersistReport, ParseError>>,
 }
 
 /// The answer to one request.
@@ -668,18 +700,24 @@ pub enum BootTrialReply {
 }
 
 /// What a request does, under the trial's state lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootTrialRequest {
-    /// Push the lease to a full lease from now (state `booted`).
+    /// Push the lease to a full lease from now (state `booted`, the lease
+    /// not lapsed).
     Renew,
-    /// Confirm with the token (state `booted`, the new system booted, the
-    /// lease not lapsed): the guard stands down.
+    /// Confirm with the token (state `booted` on the trial boot, the new
+    /// system booted, the lease not lapsed): the guard stands down. A
+    /// repeated confirmation of a confirmed trial answers done again.
     Confirm,
     /// Ask the guard to reboot into the old system now (state `booted`).
     RollBack,
-    /// After persisting: end the trial and remove the guard (state
-    /// `confirmed`).
-    Finish,
+    /// Persist (the new system's `switch-to-configuration boot`, read
+    /// back), and when persisted end the trial and remove the guard, in one
+    /// session under the lock: state `confirmed`, on the trial boot.
+    Finish(Box<Persist>),
+    /// A trial whose reboot never came (state `prepared`, still on the
+    /// boot it was prepared on): undo it all, as the guard would.
+    Abandon,
 }
 
 /// One request to a reboot trial's guard.
@@ -687,8 +725,6 @@ pub enum BootTrialRequest {
 pub struct AskBootTrial {
     pub spec: BootTrialSpec,
     pub request: BootTrialRequest,
-    /// For [`BootTrialRequest::Finish`]: the journal line to append.
-    pub journal: Option<JournalEntry>,
 }
 
 impl Operation for AskBootTrial {
@@ -700,14 +736,16 @@ impl Operation for AskBootTrial {
             BootTrialRequest::Renew => Op::RenewBootTrial,
             BootTrialRequest::Confirm => Op::ConfirmBootTrial,
             BootTrialRequest::RollBack => Op::RollBackBootTrial,
-            BootTrialRequest::Finish => Op::FinishBootTrial,
+            BootTrialRequest::Finish(_) => Op::FinishBootTrial,
+            BootTrialRequest::Abandon => Op::AbandonBootTrial,
         }
     }
 
     fn script(&self) -> String {
         let spec = &self.spec;
         let booted = BootTrialState::Booted.quoted();
-        let bump = r#"read -r up _ </proc/uptime && echo $(( ${up%%.*} + lease )) >"$dir/lease.new" && mv -f "$dir/lease.new" "$dir/lease""#
+        let confirmed = BootTrialState::Confirmed.quoted();
+        let bump = r#"echo $(( ${up%%.*} + lease )) >"$dir/lease.new" && mv -f "$dir/lease.new" "$dir/lease""#
             .replace("lease ))", &format!("{} ))", spec.lease.as_secs().max(1)));
         let set = |s: &BootTrialState| {
             format!(
@@ -716,42 +754,54 @@ impl Operation for AskBootTrial {
             )
         };
         let (unit, wants) = unit_files();
-        let action = match self.request {
+        let new = quote(spec.new_system.as_str());
+        let action = match &self.request {
             BootTrialRequest::Renew => format!(
-                "if [ \"$st\" = {booted} ]; then {bump} && echo \"reply=done\"; else echo \"reply=wrong-state\"; fi"
+                r#"if [ "$st" != {booted} ]; then echo "reply=wrong-state"
+elif [ "$boot" != "$trial_boot" ] || [ "${{up%%.*}}" -ge "$lease" ]; then echo "reply=lapsed"
+else {bump} && echo "reply=done"
+fi"#
             ),
             BootTrialRequest::Confirm => format!(
-                r#"lease=0; read -r lease 2>/dev/null <"$dir/lease"; read -r up _ </proc/uptime
-if [ "$st" != {booted} ]; then echo "reply=wrong-state"
-elif [ "$tok" != {token} ]; then echo "reply=not-ours"
-elif [ "$bsys" != {new} ]; then echo "reply=not-booted-new"
+                r#"if [ "$tok" != {token} ]; then echo "reply=not-ours"
+elif [ "$bsys" != {new} ] || [ "$boot" != "$trial_boot" ]; then echo "reply=not-booted-new"
+elif [ "$st" = {confirmed} ]; then echo "reply=done"
+elif [ "$st" != {booted} ]; then echo "reply=wrong-state"
 elif [ "${{up%%.*}}" -ge "$lease" ]; then echo "reply=lapsed"
-else {bump} && {confirmed} && echo "reply=done"
+else {bump} && {set_confirmed} && echo "reply=done"
 fi"#,
                 token = quote(spec.token.as_str()),
-                new = quote(spec.new_system.as_str()),
-                confirmed = set(&BootTrialState::Confirmed),
+                set_confirmed = set(&BootTrialState::Confirmed),
             ),
             BootTrialRequest::RollBack => format!(
                 "if [ \"$st\" = {booted} ]; then printf '%s\\n' {cause} >\"$dir/cause\" && {rolling} && echo \"reply=done\"; else echo \"reply=wrong-state\"; fi",
                 cause = quote(BootTrialCause::Requested.wire()),
                 rolling = set(&BootTrialState::RollingBack),
             ),
-            BootTrialRequest::Finish => format!(
-                r#"if [ "$st" = {confirmed} ]; then
-    {finished} && rm -f {unit} {wants} {old_root} "$dir/token" && echo "reply=done"
-    {journal}
-else echo "reply=wrong-state"; fi"#,
-                confirmed = BootTrialState::Confirmed.quoted(),
+            BootTrialRequest::Finish(persist) => format!(
+                r#"if [ "$st" != {confirmed} ]; then echo "reply=wrong-state"
+elif [ "$bsys" != {new} ] || [ "$boot" != "$trial_boot" ]; then echo "reply=not-booted-new"
+else
+{persist}
+    if [ "$persisted" = yes ]; then
+        {finished} && rm -f {unit} {wants} {old_root} "$dir/token"
+    fi
+    echo "reply=done"
+fi"#,
+                persist = persist.snippet(),
                 finished = set(&BootTrialState::Finished),
                 unit = quote(&unit),
                 wants = quote(&wants),
                 old_root = quote(OLD_ROOT),
-                journal = self
-                    .journal
-                    .as_ref()
-                    .map(JournalEntry::append_script)
-                    .unwrap_or_default(),
+            ),
+            BootTrialRequest::Abandon => format!(
+                r#"prep_boot=; read -r prep_boot 2>/dev/null <"$dir/prepared_boot_id"
+if [ "$st" != {prepared} ] || [ "$boot" != "$prep_boot" ]; then echo "reply=wrong-state"
+else
+    abandon=yes
+    echo "reply=done"
+fi"#,
+                prepared = BootTrialState::Prepared.quoted(),
             ),
         };
         format!(
@@ -762,19 +812,27 @@ dir={dir}
 mid=; read -r mid 2>/dev/null </etc/machine-id
 echo "machine_id=$mid"
 resolve /run/booted-system; bsys=$r; echo "booted=$r"
+read -r boot </proc/sys/kernel/random/boot_id
+trial_boot=; read -r trial_boot 2>/dev/null <"$dir/trial_boot_id"
 d=; read -r d 2>/dev/null <"$dir/deploy"
 tok=; read -r tok 2>/dev/null <"$dir/token"
+abandon=
 if [ "$d" != {deploy} ]; then
     echo "reply=not-ours"
 else
     exec 8>>"$dir/state.lock"
     if flock -w 10 8; then
         st=; read -r st 2>/dev/null <"$dir/state"
+        lease=0; read -r lease 2>/dev/null <"$dir/lease"; read -r up _ </proc/uptime
         {action}
     else
         echo "reply=lock-timeout"
     fi
     exec 8>&-
+fi
+# The guard's own restore, which takes the lock itself.
+if [ "$abandon" = yes ]; then
+    sh "$dir/guard" abandon >/dev/null 2>&1 || echo "abandon=failed"
 fi
 st=missing; read -r st 2>/dev/null <"$dir/state"
 echo "state=$st"
@@ -801,6 +859,12 @@ echo "state=$st"
             state: BootTrialState::parse(first(&f, "state").unwrap_or("missing")),
             machine_id: first(&f, "machine_id").unwrap_or_default().to_string(),
             booted_system: first(&f, "booted").map(str::to_string),
+            persist: match self.request {
+                BootTrialRequest::Finish(_) if result == BootTrialReply::Done => {
+                    Some(Persist::parse_stdout(&out.stdout))
+                }
+                _ => None,
+            },
         })
     }
 }

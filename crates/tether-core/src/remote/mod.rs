@@ -112,13 +112,15 @@ pub enum Op {
     ConfirmBootTrial,
     /// Ask a reboot trial's guard to reboot into the old system ([`AskBootTrial`]).
     RollBackBootTrial,
-    /// End a persisted reboot trial and remove its guard ([`AskBootTrial`]).
+    /// Persist a confirmed reboot trial, then end it and remove its guard ([`AskBootTrial`]).
     FinishBootTrial,
+    /// Undo a reboot trial whose reboot never came ([`AskBootTrial`]).
+    AbandonBootTrial,
 }
 
 impl Op {
     /// Every operation, for tests that must cover them all.
-    pub const ALL: [Op; 25] = [
+    pub const ALL: [Op; 26] = [
         Op::Preflight,
         Op::ArmAndActivate,
         Op::Renew,
@@ -144,6 +146,7 @@ impl Op {
         Op::ConfirmBootTrial,
         Op::RollBackBootTrial,
         Op::FinishBootTrial,
+        Op::AbandonBootTrial,
     ];
 
     /// The operation's name in logs and errors.
@@ -173,7 +176,8 @@ impl Op {
             Op::RenewBootTrial => "renew the reboot trial's lease",
             Op::ConfirmBootTrial => "confirm the reboot trial",
             Op::RollBackBootTrial => "ask the boot-trial guard to roll back",
-            Op::FinishBootTrial => "finish the reboot trial",
+            Op::FinishBootTrial => "persist and finish the reboot trial",
+            Op::AbandonBootTrial => "abandon the reboot trial",
         }
     }
 }

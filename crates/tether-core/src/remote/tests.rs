@@ -120,7 +120,12 @@ fn example(op: Op) -> Script {
         Op::RenewBootTrial => ask(BootTrialRequest::Renew),
         Op::ConfirmBootTrial => ask(BootTrialRequest::Confirm),
         Op::RollBackBootTrial => ask(BootTrialRequest::RollBack),
-        Op::FinishBootTrial => ask(BootTrialRequest::Finish),
+        Op::FinishBootTrial => ask(BootTrialRequest::Finish(Box::new(Persist {
+            trial: None,
+            mode: PersistMode::SwitchGeneration(42),
+            ..persist()
+        }))),
+        Op::AbandonBootTrial => ask(BootTrialRequest::Abandon),
     }
 }
 
@@ -142,7 +147,6 @@ fn ask(request: BootTrialRequest) -> Script {
     AskBootTrial {
         spec: boot_spec(),
         request,
-        journal: Some(journal()),
     }
     .request()
 }
