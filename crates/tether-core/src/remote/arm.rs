@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use super::boot_trial::{BootTrialState, BOOT_TRIAL_DIR};
 use super::checks::{system_state_script, SystemState, SystemStateLook};
 use super::guard::{guard_script, lease_bump, GuardSpec, GuardState, GC_ROOTS, SWITCH_LOCK};
 use super::wire::{all, first, parse_fields, ParseError};
@@ -193,6 +194,15 @@ if [ -d "$lockdir" ]; then
     fi
     rm -rf "$lockdir"
 fi
+# A reboot trial that is not over holds the host as well.
+bst=; read -r bst 2>/dev/null <{boot_trial}/state
+case "$bst" in
+    {boot_pending})
+        holder=; read -r holder 2>/dev/null <{boot_trial}/deploy
+        echo "arm=busy"
+        echo "busy=$holder"
+        exit 0 ;;
+esac
 {resolve}
 resolve /run/current-system
 if [ "$r" != {current} ]; then
@@ -258,6 +268,8 @@ exec 9>&-
             deadline = ARM_DEADLINE.as_secs(),
             dir = quote(&dir),
             lock = quote(LOCK_DIR),
+            boot_trial = quote(BOOT_TRIAL_DIR),
+            boot_pending = BootTrialState::pending_pattern(),
             run = quote(RUN_DIR),
             lock_wait = LOCK_WAIT_SECS,
             id_line = quote(&format!("{}\n", spec.deploy_id)),

@@ -120,6 +120,17 @@ impl BootTrialState {
         )
     }
 
+    /// A `case` pattern matching every state of a trial that is not over
+    /// (quoted names joined by `|`).
+    pub(crate) fn pending_pattern() -> String {
+        BootTrialState::WRITTEN
+            .iter()
+            .filter(|s| !s.is_over())
+            .map(BootTrialState::quoted)
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
     fn variable(&self) -> String {
         format!("S_{}", self.wire().to_uppercase().replace('-', "_"))
     }

@@ -181,12 +181,7 @@ profile={profile}
             resolve = RESOLVE_FUNCTION,
             lock_probe = SWITCH_LOCK_PROBE.replace("@SWITCH_LOCK@", &quote(SWITCH_LOCK)),
             boot_trial = quote(BOOT_TRIAL_DIR),
-            pending = BootTrialState::WRITTEN
-                .iter()
-                .filter(|s| !s.is_over())
-                .map(|s| quote(s.wire()))
-                .collect::<Vec<_>>()
-                .join("|"),
+            pending = BootTrialState::pending_pattern(),
         )
     }
 
