@@ -133,7 +133,13 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
     // The two built-in checks read the same thing: one remote call per
     // attempt serves both (each is still reported on its own).
     let system_run = async {
-        let mut pending: Vec<&Job<'_>> = system_jobs.iter().collect();
+        // Each job with whether its previous look passed and whether any
+        // look failed: a pass counts only when two looks in a row agree (a
+        // unit that fails over and over is, at some look, just starting
+        // again). At the deadline a lone clean look counts only if no look
+        // failed before it (a slow host got one look in, nothing more).
+        let mut pending: Vec<(&Job<'_>, bool, Option<String>)> =
+            system_jobs.iter().map(|j| (j, false, None)).collect();
         let mut attempt = 0u32;
         let mut failures = Vec::new();
         let mut seen = seen_system.cloned();
@@ -158,7 +164,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
             let early = now < settled_at;
             let mut still = Vec::new();
             let mut reported = false;
-            for job in pending {
+            for (job, passed_before, failed_before) in pending {
                 let result = state.as_ref().map_err(Clone::clone).and_then(|state| {
                     if matches!(job, Job::FailedUnits) {
                         judge_failed_units(checks.failed_units, baseline, state)
@@ -166,11 +172,18 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                         judge_system_running(checks.failed_units, &state.state)
                     }
                 });
-                if early && result.is_ok() {
-                    // No verdict yet: look again once settled.
-                    still.push(job);
+                let lone_pass = result.is_ok() && (early || !passed_before);
+                if lone_pass && now < deadline {
+                    // No verdict yet: look again (once settled).
+                    still.push((job, true, failed_before));
                     continue;
                 }
+                let result = match (&failed_before, lone_pass) {
+                    (Some(before), true) => Err(format!(
+                        "clean only on the last look before the deadline; the look before: {before}"
+                    )),
+                    _ => result,
+                };
                 reported = true;
                 let Err(detail) = job.report(attempt, result, on_attempt) else {
                     continue;
@@ -178,7 +191,7 @@ pub async fn run_checks<T: Target, P: Probe, C: Clock>(
                 if now >= deadline {
                     failures.push(job.failure(attempt, detail));
                 } else {
-                    still.push(job);
+                    still.push((job, false, Some(detail)));
                 }
             }
             pending = still;

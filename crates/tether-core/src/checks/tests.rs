@@ -28,6 +28,8 @@ impl Clock for Clock0 {
 struct FakeTarget {
     units: String,
     system: String,
+    /// Answers to the system-state look before `system` (one each).
+    system_first: RefCell<std::collections::VecDeque<String>>,
     command: (i32, String),
     /// The operations asked for, in order.
     scripts: RefCell<Vec<Op>>,
@@ -38,6 +40,7 @@ impl Default for FakeTarget {
         FakeTarget {
             units: String::new(),
             system: "system_state=running\nsystem=done\n".into(),
+            system_first: RefCell::default(),
             command: (0, String::new()),
             scripts: RefCell::default(),
         }
@@ -60,7 +63,11 @@ impl Target for FakeTarget {
                 ..Default::default()
             },
             Op::SystemState => ScriptOutput {
-                stdout: self.system.clone(),
+                stdout: self
+                    .system_first
+                    .borrow_mut()
+                    .pop_front()
+                    .unwrap_or_else(|| self.system.clone()),
                 exit_code: Some(0),
                 ..Default::default()
             },
@@ -381,6 +388,41 @@ fn a_unit_that_keeps_failing_is_caught_though_the_first_look_missed_it() {
     assert!(failures[0].detail.contains("legacy.service"));
     // The early pass was no attempt: every reported one failed.
     assert!(attempts.iter().all(|a| !a.passed), "{attempts:?}");
+}
+
+#[test]
+fn a_unit_failing_over_and_over_is_caught_though_single_looks_miss_it() {
+    // Every other look lands while the unit is starting again.
+    let bad = "system_state=degraded\nfailed_count=1\nfailed_unit=legacy.service\nsystem=done\n";
+    let clean = "system_state=running\nfailed_count=0\nsystem=done\n";
+    let checks = HostChecks {
+        failed_units: FailedUnits::Any,
+        system_running: false,
+        timeout: Duration::from_secs(6),
+        ..HostChecks::none()
+    };
+    let target = FakeTarget {
+        system: bad.into(),
+        system_first: RefCell::new(
+            [bad, clean, bad, clean, bad, clean]
+                .map(String::from)
+                .into(),
+        ),
+        ..FakeTarget::default()
+    };
+    let clock = Clock0::default();
+    let failures = futures::executor::block_on(run_checks(
+        &host(),
+        &checks,
+        &Baseline::Before(Vec::new()),
+        &target,
+        &FakeProbe::default(),
+        &clock,
+        &|_| {},
+        Some(&failed(&[])),
+    ));
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].detail.contains("legacy.service"));
 }
 
 #[test]
