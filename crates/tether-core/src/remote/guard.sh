@@ -94,8 +94,20 @@ rollback() {
     systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
     # Bounded: a switch-to-configuration that waits for a lock someone
     # else holds must not keep the host (and the deployer) waiting forever.
-    timeout -k 5 "$ROLLBACK_SECONDS" "$OLD/bin/switch-to-configuration" test >"$dir/rollback.log" 2>&1
-    rc=$?
+    # Exit 11 (the switch lock was taken) with nobody holding it any more
+    # was a moment's holder: try again, a few times. A holder still there
+    # is reported below.
+    tries=0
+    while :; do
+        timeout -k 5 "$ROLLBACK_SECONDS" "$OLD/bin/switch-to-configuration" test >"$dir/rollback.log" 2>&1
+        rc=$?
+        [ "$rc" = 11 ] || break
+        switch_lock_use
+        [ "$lock_other" = yes ] && break
+        tries=$((tries + 1))
+        [ "$tries" -lt 5 ] || break
+        sleep 1
+    done
     printf '%s\n' "$rc" >"$dir/rollback.rc"
     resolve /run/current-system
     # A rollback that failed while another process holds the switch lock
