@@ -508,6 +508,48 @@ impl Lab {
         )
     }
 
+    /// Copies every host's journal, console and supervisor logs to
+    /// `$TETHER_LAB_EVIDENCE` (default `/var/tmp/tether-lab-evidence`), in a
+    /// directory named after the lab and the time, and prints where, with
+    /// the tail of each journal, so a failed lab test can be read later.
+    pub fn keep_evidence(&self) {
+        let root = std::env::var_os("TETHER_LAB_EVIDENCE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/tether-lab-evidence"));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dir = root.join(format!("{}-{stamp}", self.info.name));
+        if let Err(e) = fs::create_dir_all(&dir) {
+            eprintln!("tether-lab: keeping evidence in {}: {e}", dir.display());
+            return;
+        }
+        for h in &self.info.hosts {
+            for log in ["console.log", "supervisor.log"] {
+                let _ = fs::copy(h.dir.join(log), dir.join(format!("{}.{log}", h.name)));
+            }
+            // The host's persistent journal, read from its overlay (the host
+            // may be down or unreachable).
+            let journal = cmd::output(
+                Command::new("journalctl")
+                    .arg("-D")
+                    .arg(h.dir.join("upper/var/log/journal"))
+                    .args(["--no-pager", "-o", "short-precise"]),
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+            let _ = fs::write(dir.join(format!("{}.journal", h.name)), &journal);
+            let lines: Vec<&str> = journal.lines().collect();
+            eprintln!(
+                "--- {} journal (last 40 lines) ---\n{}",
+                h.name,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        eprintln!("tether-lab: the hosts' logs are kept in {}", dir.display());
+    }
+
     /// SSH options that reach lab hosts with the pinned keys only.
     pub fn ssh_options(&self) -> Vec<String> {
         vec![
@@ -958,6 +1000,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.tear_down_on_drop {
+            if std::thread::panicking() {
+                // A failed test: keep what its hosts logged before the
+                // teardown removes it (a flaky failure cannot be rerun).
+                self.keep_evidence();
+            }
             if let Err(e) = self.tear_down() {
                 eprintln!("tether-lab: tearing down {:?}: {e:#}", self.info.name);
             }
