@@ -15,7 +15,7 @@
 //! /64): the fixture systems only manage IPv4, so a test can reach a host
 //! over IPv6 whatever system it runs.
 
-use crate::{cmd, image, paths};
+use crate::{cgroup, cmd, image, paths};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
@@ -228,6 +228,10 @@ fn read_pid(path: &Path) -> Option<i32> {
 const SUPERVISOR: &str = r#"#!/bin/sh
 dir=$1
 shift
+# The host's own cgroups (src/cgroup.rs), before systemd-nspawn starts.
+for cg in ${TETHER_LAB_CGROUPS:-}; do
+    echo $$ >"$cg/cgroup.procs" || exit 1
+done
 while [ ! -e "$dir/stop" ]; do
     while [ -e "$dir/hold" ] && [ ! -e "$dir/stop" ]; do sleep 0.2; done
     [ -e "$dir/stop" ] && break
@@ -401,7 +405,13 @@ impl Lab {
         write_file(&script, SUPERVISOR, 0o755)?;
         let upper = host.dir.join("upper");
         let image = self.info.image.display().to_string();
+        let cgroups: Vec<String> = cgroup::create(&self.info.name, &host.name)
+            .with_context(|| format!("{}: creating its cgroups", host.name))?
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         let child = Command::new("setsid")
+            .env("TETHER_LAB_CGROUPS", cgroups.join(" "))
             .arg("sh")
             .arg(&script)
             .arg(&host.dir)
@@ -918,6 +928,7 @@ impl Lab {
             &format!("fd31:7e7:{}::/64", info.slot),
         ]));
         std::thread::sleep(Duration::from_millis(100));
+        cgroup::remove(&info.name);
         let leftovers = self.leftovers();
         if leftovers.is_empty() {
             // Another process tearing the same lab down may have removed it.
@@ -974,6 +985,9 @@ impl Lab {
                     }
                 }
             }
+        }
+        for dir in cgroup::leftovers(&info.name) {
+            found.push(format!("cgroup {}", dir.display()));
         }
         if let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") {
             let dir = info.dir.to_string_lossy();

@@ -5,6 +5,7 @@
 //! over real SSH with a pinned host key. The lab also writes fixture fleets
 //! (NixOS-like systems from `nix/fixture`) for those hosts. See docs/lab.md.
 
+pub mod cgroup;
 pub mod cmd;
 pub mod fixture;
 pub mod image;
