@@ -4,14 +4,14 @@
 /// The top-level modules, bottom layer first; a module may use any module
 /// of an earlier layer, and none of its own layer or later.
 const LAYERS: &[&[&str]] = &[
-    &["shell", "text"],
+    &["shell", "nix_text", "text"],
     &["model"],
     &["spec"],
     &["inventory"],
     &["remote"],
     &["report"],
     &["ports"],
-    &["checks", "identity", "rollout", "trial_choice"],
+    &["checks", "identity", "onboard", "rollout", "trial_choice"],
     &["deploy", "plan"],
 ];
 

@@ -25,6 +25,7 @@ use crate::spec::{BatchSize, CanarySpec, RolloutSettings};
 pub use error::{InventoryError, InventoryErrors, Location, Problem};
 pub use selector::select;
 pub use settings::Settings;
+pub use ssh_options::{validate as validate_ssh_options, SshOptionProblem};
 
 use crate::spec::{CheckTarget, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};

@@ -6,7 +6,6 @@
 //! `builtins.getFlake` refuses unlocked references in pure mode. Parsing and
 //! validation of the results live in `tether_core::inventory`.
 
-mod escape;
 mod flake_ref;
 
 use std::collections::BTreeMap;
@@ -18,12 +17,15 @@ use tether_core::inventory::{
     parse_toplevels, EvalDocument, Inventory, InventoryErrors, Problem, Toplevel, ToplevelError,
 };
 use tether_core::model::{HostName, StorePath};
+use tether_core::onboard::{ImportDocument, ImportSource};
 
-pub use escape::nix_string;
 pub use flake_ref::resolve_flake_ref;
+pub use tether_core::nix_text::nix_string;
 
 /// The expression both evaluations run; see the file for its contract.
 const EVAL_INVENTORY: &str = include_str!("../../../../../nix/eval-inventory.nix");
+/// The expression `tether init` runs to read another tool's hosts.
+const EVAL_IMPORT: &str = include_str!("../../../../../nix/eval-import.nix");
 
 /// Where the inventory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +215,33 @@ impl Nix {
             .await
             .map_err(nix_error)?;
         parse_toplevels(value, hosts).map_err(ToplevelsError::Hosts)
+    }
+
+    /// What another tool's description of the fleet says, for `tether
+    /// init` (`nix/eval-import.nix`), in one `nix eval`.
+    pub async fn eval_import(
+        &self,
+        source: &NixSource,
+        from: ImportSource,
+    ) -> Result<ImportDocument, LoadError> {
+        let nix_error = |error| LoadError::Nix {
+            source_desc: source.to_string(),
+            error,
+        };
+        let cwd = std::env::current_dir().map_err(|e| nix_error(NixError::Cwd(e)))?;
+        if let NixSource::File(path) = source {
+            if !cwd.join(path).exists() {
+                return Err(LoadError::MissingFile(path.display().to_string()));
+            }
+        }
+        let expr = format!(
+            "({EVAL_IMPORT}\n) {{ {} from = {}; }}",
+            source.arguments(&cwd),
+            nix_string(from.as_str())
+        );
+        self.eval_json(&expr, "tether init")
+            .await
+            .map_err(nix_error)
     }
 
     /// The `nix` program this instance runs (for `nix copy`).

@@ -1,4 +1,5 @@
-//! Writing Rust strings into a Nix expression as Nix string literals.
+//! Writing Rust strings into Nix code as Nix string literals (the
+//! expressions tether evaluates, and the inventory `tether init` writes).
 
 /// Returns `s` as a double-quoted Nix string literal that evaluates to
 /// exactly `s`.
