@@ -16,7 +16,11 @@ use crate::exit::CommandError;
 
 /// Deploy NixOS configurations to fleets, with automatic rollback.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, propagate_version = true)]
+#[command(
+    name = "tether",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TETHER_GIT_REVISION"), ")"),
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -44,12 +48,15 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Hosts(commands::hosts::Args),
+    Init(commands::init::Args),
     Deploy(commands::deploy::Args),
     Check(commands::check::Args),
     Status(commands::status::Args),
     Rollback(commands::rollback::Args),
     History(commands::history::Args),
     Plan(commands::plan::Args),
+    Completions(commands::completions::Args),
+    Man(commands::completions::ManArgs),
 }
 
 /// The checked form of [`GlobalArgs`].
@@ -118,6 +125,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
     let ctx = Context::from_args(cli.global)?;
     match cli.command {
         Command::Hosts(args) => commands::hosts::run(&ctx, args).await,
+        Command::Init(args) => commands::init::run(&ctx, args).await,
         // `deploy --dry-run` is `plan`.
         Command::Deploy(args) => match commands::deploy::dry_run_of(&args) {
             Some((copy, json, trial)) => {
@@ -131,5 +139,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Rollback(args) => commands::rollback::run(&ctx, args).await,
         Command::History(args) => commands::history::run(&ctx, args).await,
         Command::Plan(args) => commands::plan::run(&ctx, args).await,
+        Command::Completions(args) => commands::completions::run(&ctx, args).await,
+        Command::Man(args) => commands::completions::man(&ctx, args).await,
     }
 }

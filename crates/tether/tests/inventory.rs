@@ -297,7 +297,17 @@ fn help_lists_only_implemented_commands() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     let implemented = [
-        "hosts", "deploy", "check", "status", "rollback", "history", "plan", "help",
+        "hosts",
+        "init",
+        "deploy",
+        "check",
+        "status",
+        "rollback",
+        "history",
+        "plan",
+        "completions",
+        "man",
+        "help",
     ];
     assert_eq!(listed, implemented, "{help}");
     // Each of them runs: its own help answers.
@@ -306,10 +316,23 @@ fn help_lists_only_implemented_commands() {
         assert_eq!(out.status.code(), Some(0), "tether {command} --help");
         assert!(text(&out.stdout).contains("Usage: tether"), "{command}");
     }
+    // The version names the git revision the binary was built from.
+    let revision = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .unwrap();
+    let revision = text(&revision.stdout).trim().to_string();
+    assert_eq!(revision.len(), 12);
     let out = tether(Path::new("/"), &["--version"]);
     assert_eq!(
         text(&out.stdout).trim(),
-        format!("tether {}", env!("CARGO_PKG_VERSION"))
+        format!("tether {} (git {revision})", env!("CARGO_PKG_VERSION"))
     );
     let out = tether(Path::new("/"), &["--flake", ".", "-f", "x.nix", "hosts"]);
     assert_eq!(out.status.code(), Some(2));
@@ -425,4 +448,36 @@ async fn toplevels_of_a_file_inventory_and_missing_hosts() {
         err.to_string().contains("host \"ghost\": no such host"),
         "{err}"
     );
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_cli_and_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tether(Path::new("/"), &["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        for word in ["deploy", "init", "--check-keys", "--trial"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("tether.bash");
+            std::fs::write(&file, &script).unwrap();
+            let check = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(check.status.success(), "{}", text(&check.stderr));
+        }
+    }
+    let out = tether(Path::new("/"), &["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH tether 1"), "{page}");
+    for command in ["init", "deploy", "rollback"] {
+        assert!(page.contains(command), "the man page lacks {command}");
+    }
+    let out = tether(Path::new("/"), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -1,11 +1,14 @@
 //! `tether hosts`: list the selected hosts as the inventory resolves them
-//! (defaults merged, keys parsed), as a table or as JSON.
+//! (defaults merged, keys parsed), as a table or as JSON; with
+//! `--check-keys`, compare each pinned key with what the host presents and
+//! with the user's known_hosts, changing nothing.
 
 use std::io::Write as _;
 
 use serde::Serialize;
 use tether_core::inventory::{Configuration, Host};
 
+use crate::adapters::host_keys;
 use crate::cli::Context;
 use crate::exit::CommandError;
 
@@ -13,12 +16,23 @@ use crate::exit::CommandError;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print a JSON array of hosts instead of a table (fields: docs/inventory.md)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check_keys")]
     pub json: bool,
+    /// Scan each host's key and compare it with the pinned one and with
+    /// known_hosts; exit 1 on any mismatch or unreachable host
+    #[arg(long)]
+    pub check_keys: bool,
+    /// known_hosts files for --check-keys [default: ~/.ssh/known_hosts and
+    /// /etc/ssh/ssh_known_hosts]
+    #[arg(long = "known-hosts", value_name = "FILE", requires = "check_keys")]
+    pub known_hosts: Vec<std::path::PathBuf>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (_, hosts) = ctx.selected_hosts().await?;
+    if args.check_keys {
+        return check_keys(&hosts, &args.known_hosts).await;
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {
@@ -146,6 +160,63 @@ fn write_table(out: &mut impl std::io::Write, hosts: &[Host]) -> std::io::Result
             }
         }
         writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// `--check-keys`: one line per host; exit 1 unless every pin agrees with
+/// the host and with known_hosts.
+async fn check_keys(hosts: &[Host], given: &[std::path::PathBuf]) -> Result<(), CommandError> {
+    use tether_core::onboard::{check_keys, PresentedKey};
+
+    let files = host_keys::known_hosts_files(given);
+    let checks = futures::future::join_all(hosts.iter().map(|h| {
+        let files = &files;
+        async move {
+            let address = h.address.to_string();
+            let presented = host_keys::scan(&address, h.ssh_port).await;
+            let known = host_keys::known_hosts_entries(files, &address, h.ssh_port).await;
+            let presented = presented.as_deref().map_err(String::as_str);
+            check_keys(&h.host_key, presented, &known)
+        }
+    }))
+    .await;
+    let mut out = std::io::stdout().lock();
+    let mut bad = 0;
+    for (h, check) in hosts.iter().zip(&checks) {
+        let pinned = h.host_key.fingerprint();
+        let mut line = match &check.host {
+            PresentedKey::Same => format!("{}: ok, the host presents the pinned key {pinned}", h.name),
+            PresentedKey::Different { presented } => format!(
+                "{}: MISMATCH: pinned {pinned}, the host presents {presented} (a rotated key, or not the host)",
+                h.name
+            ),
+            PresentedKey::NoneOfThatType => format!(
+                "{}: MISMATCH: pinned {pinned} ({}), the host presents no {} key",
+                h.name,
+                h.host_key.key_type().short_name(),
+                h.host_key.key_type().short_name()
+            ),
+            PresentedKey::Unreachable { why } => {
+                format!("{}: UNCHECKED: {why}", h.name)
+            }
+        };
+        for (file, n, fingerprint) in &check.known_hosts_disagree {
+            let at = n.map_or_else(String::new, |n| format!(", line {n}"));
+            line.push_str(&format!(
+                "; KNOWN_HOSTS DIFFERS: {file}{at} holds {fingerprint}, not the pinned {pinned}"
+            ));
+        }
+        if !check.agrees() {
+            bad += 1;
+        }
+        writeln!(out, "{line}")?;
+    }
+    if bad > 0 {
+        return Err(CommandError::HostsNotOk {
+            count: bad,
+            what: "have a host key that does not agree with the pin, or could not be checked",
+        });
     }
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! the help text) and `run(&Context, Args)`.
 
 pub mod check;
+pub mod completions;
 pub mod deploy;
 pub mod history;
 pub mod hosts;
+pub mod init;
 pub mod plan;
 pub mod rollback;
 pub mod status;
