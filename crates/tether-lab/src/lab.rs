@@ -552,9 +552,9 @@ impl Lab {
             let _ = fs::write(dir.join(format!("{}.journal", h.name)), &journal);
             let lines: Vec<&str> = journal.lines().collect();
             eprintln!(
-                "--- {} journal (last 40 lines) ---\n{}",
+                "--- {} journal (last 15 lines) ---\n{}",
                 h.name,
-                lines[lines.len().saturating_sub(40)..].join("\n")
+                lines[lines.len().saturating_sub(15)..].join("\n")
             );
         }
         eprintln!("tether-lab: the hosts' logs are kept in {}", dir.display());

@@ -181,10 +181,37 @@ fn a_colmena_hive_carries_target_user_port_and_tags() {
       });
     }"#,
     );
-    let known = known_hosts(&f, &["host1", "host2"]);
+    // host1's configuration declares its own key, as NixOS fleets often
+    // do (services.openssh.knownHosts); only host2 is in known_hosts.
+    std::fs::write(
+        f.dir.join("flake.nix"),
+        std::fs::read_to_string(f.dir.join("flake.nix"))
+            .unwrap()
+            .replace(
+                "{ inherit (base) nixosConfigurations; }",
+                &format!(
+                    r#"{{ nixosConfigurations = base.nixosConfigurations // {{
+        host1.config = base.nixosConfigurations.host1.config // {{
+          services.openssh.knownHosts.host1 = {{ hostNames = [ "{}" ]; publicKey = "{}"; }};
+        }};
+      }}; }}"#,
+                    f.address("host1"),
+                    f.host_key("host1")
+                ),
+            ),
+    )
+    .unwrap();
+    let known = known_hosts(&f, &["host2"]);
     let (code, text, stderr) = init(&f, "colmena", &known);
     assert_eq!(code, 0, "{stderr}\n{text}");
     assert!(text.contains("#   buildOnTarget = false"), "{text}");
+    assert!(
+        text.contains(
+            "# hostKey declared in nixosConfigurations.host1.config.services.openssh.knownHosts.host1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("NOT VERIFIED"), "{text}");
     let hosts = hosts_json(&f);
     assert_eq!(hosts.len(), 2);
     for (i, h) in hosts.iter().enumerate() {
@@ -199,6 +226,7 @@ fn a_colmena_hive_carries_target_user_port_and_tags() {
     // A raw hive (no colmenaHive): node modules read as written, defaults
     // merged, tags concatenated.
     std::fs::remove_file(f.dir.join("tether.nix")).unwrap();
+    let known = known_hosts(&f, &["host1", "host2"]);
     write_flake(
         &f,
         r#"{
