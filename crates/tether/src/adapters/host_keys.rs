@@ -16,6 +16,9 @@ use tether_core::text::tail;
 const SCAN_LIMIT: Duration = Duration::from_secs(20);
 /// `ssh-keyscan -T`: seconds per connection step.
 const SCAN_STEP_SECONDS: &str = "5";
+/// Hosts looked up or scanned at once: a fleet of hundreds must not start
+/// hundreds of `ssh-keyscan`s together.
+pub const PARALLEL_LOOKUPS: usize = 16;
 /// How long one `ssh-keygen -F` may take.
 const FIND_LIMIT: Duration = Duration::from_secs(10);
 

@@ -170,7 +170,8 @@ async fn check_keys(hosts: &[Host], given: &[std::path::PathBuf]) -> Result<(), 
     use tether_core::onboard::{check_keys, PresentedKey};
 
     let files = host_keys::known_hosts_files(given);
-    let checks = futures::future::join_all(hosts.iter().map(|h| {
+    use futures::stream::{self, StreamExt as _};
+    let checks: Vec<_> = stream::iter(hosts.iter().map(|h| {
         let files = &files;
         async move {
             let address = h.address.to_string();
@@ -180,6 +181,8 @@ async fn check_keys(hosts: &[Host], given: &[std::path::PathBuf]) -> Result<(), 
             check_keys(&h.host_key, presented, &known)
         }
     }))
+    .buffered(host_keys::PARALLEL_LOOKUPS)
+    .collect()
     .await;
     let mut out = std::io::stdout().lock();
     let mut bad = 0;

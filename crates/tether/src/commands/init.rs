@@ -7,7 +7,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt as _};
 use tether_core::onboard::{
     choose_key, map_ssh_opts, render_inventory, FoundKey, HostDraft, ImportSource, KeySource,
 };
@@ -133,7 +133,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         }
     }
     let files = host_keys::known_hosts_files(&args.known_hosts);
-    let drafts = join_all(doc.hosts.iter().map(|(name, host)| {
+    let drafts: Vec<HostDraft> = stream::iter(doc.hosts.iter().map(|(name, host)| {
         let files = &files;
         async move {
             let ssh = map_ssh_opts(&host.ssh_opts);
@@ -171,6 +171,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             }
         }
     }))
+    .buffered(host_keys::PARALLEL_LOOKUPS)
+    .collect()
     .await;
     let text = render_inventory(source, &ctx.source.to_string(), &drafts, &doc.notes);
     match &args.out {
