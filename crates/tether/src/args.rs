@@ -148,6 +148,7 @@ pub fn host_job(
         token: runner::new_token()?,
         check_target: host.check_target(),
         checks: host.checks.clone(),
+        state: host.state.clone(),
         deployer: crate::adapters::journal::deployer_identity(),
         source: SystemSource::Copy,
         persist: PersistMode::SetProfile,

@@ -401,6 +401,7 @@ fn arming_refuses_a_host_whose_system_changed_since_the_preflight() {
         lease: Duration::from_secs(15),
         rollback_limit: Duration::from_secs(300),
         deployer: "test@lab".into(),
+        state: None,
     };
     let op = ArmAndActivate {
         spec,

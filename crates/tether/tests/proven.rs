@@ -259,6 +259,7 @@ fn the_host_refuses_a_confirmation_while_the_activation_runs_or_after_it_failed(
             lease: Duration::from_secs(60),
             rollback_limit: Duration::from_secs(30),
             deployer: "p17@test".into(),
+            state: None,
         },
         persist: None,
     };

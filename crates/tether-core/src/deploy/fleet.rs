@@ -174,6 +174,7 @@ fn skipped<C: Clock, R: Reporter + ?Sized>(
         old_generation: None,
         new_system: job.new_system.to_string(),
         duration_ms: 0,
+        state: None,
     }
 }
 

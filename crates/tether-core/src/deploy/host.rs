@@ -6,7 +6,7 @@
 //! This is the driver: it performs the remote operations and hands their
 //! results to the pure decisions in [`super::decide`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use super::boot_trial;
@@ -18,12 +18,13 @@ use crate::model::{Goal, StorePath};
 use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::SystemStateLook;
 use crate::remote::{
-    BootState, DryActivate, Facts, GuardSpec, JournalEntry, JournalEvent, Operation, Persist,
-    Preflight, Reboot, TrialNeeds,
+    BootState, CheckState, DryActivate, Facts, GuardSpec, JournalEntry, JournalEvent, Operation,
+    Persist, Preflight, PruneSnapshots, Reboot, RestoreReport, TakeSnapshots, TrialNeeds,
 };
 use crate::report::{
-    reboot_reasons_text, CheckAttempt, CheckFailure, Event, EventKind, Failure, HostReport,
-    NotPersisted, Outcome, Phase, Unhealthy, UnknownReason,
+    reboot_reasons_text, restore_command, CheckAttempt, CheckFailure, DataAfterRollback, Event,
+    EventKind, Failure, HostReport, NotPersisted, Outcome, Phase, Refusal, StateAction,
+    StateReport, Unhealthy, UnknownReason,
 };
 use crate::spec::{LOOK_CALL, POLL_INTERVAL};
 use crate::text::tail;
@@ -47,6 +48,8 @@ pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         reporter,
         run_started,
         old_generation: Cell::new(None),
+        state: RefCell::new(None),
+        restore: RefCell::new(None),
     };
     let (outcome, old) = run.deploy().await;
     run.emit(EventKind::Outcome {
@@ -59,6 +62,7 @@ pub async fn run_host<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         old_generation: run.old_generation.get(),
         new_system: job.new_system.to_string(),
         duration_ms: millis(clock.now().saturating_sub(started)),
+        state: run.state.into_inner(),
     }
 }
 
@@ -76,6 +80,10 @@ pub(super) struct Run<'a, T, P, C, R: ?Sized> {
     pub run_started: Duration,
     /// The profile generation the preflight found.
     pub old_generation: Cell<Option<u32>>,
+    /// Snapshots and data, once pre-deploy snapshots were taken.
+    pub state: RefCell<Option<StateReport>>,
+    /// The guard's restore of the data, as the trial's last look read it.
+    pub restore: RefCell<Option<RestoreReport>>,
 }
 
 impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
@@ -118,6 +126,13 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             Err(outcome) => return (outcome, facts.current_system.clone()),
         };
         let old = Some(start.old.to_string());
+        // Only a trial activates; a dry run or a boot default changes no data.
+        let snapshots = start.plan == Plan::Trial && job.state.is_declared();
+        if snapshots {
+            if let Err(outcome) = self.check_state().await {
+                return (outcome, old);
+            }
+        }
         if start.copy {
             self.phase(Phase::Copying);
             if let Err(e) = self.target.copy(&job.new_system, job.timeouts.copy).await {
@@ -131,7 +146,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         let outcome = match start.plan {
             Plan::DryActivate => self.dry_activate().await,
             Plan::SetBootDefault => self.set_boot_default().await,
-            Plan::Trial => match self.choose_trial().await {
+            Plan::Trial => match self.prepare_trial(snapshots).await {
                 Ok(TrialKind::Live) => trial::run(self, &facts, &start).await,
                 Ok(TrialKind::LiveForced { reasons }) => {
                     self.warn(format!(
@@ -147,6 +162,9 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
                 Err(outcome) => outcome,
             },
         };
+        if snapshots {
+            self.after_trial(&outcome, booted_on_trial).await;
+        }
         let outcome = match (outcome, job.reboot.filter(|_| !booted_on_trial)) {
             (
                 Outcome::Confirmed {
@@ -158,6 +176,143 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             (other, _) => other,
         };
         (outcome, old)
+    }
+
+    /// Which trial the change gets, then (with `state` declared) the
+    /// pre-deploy snapshots: the last step before anything is activated.
+    async fn prepare_trial(&self, snapshots: bool) -> Result<TrialKind, Outcome> {
+        let kind = self.choose_trial().await?;
+        if snapshots {
+            self.take_snapshots().await?;
+        }
+        Ok(kind)
+    }
+
+    /// Refuses a host that cannot honour its `state` declaration, before
+    /// anything is copied.
+    async fn check_state(&self) -> Result<(), Outcome> {
+        let job = self.job;
+        let op = CheckState {
+            spec: job.state.clone(),
+        };
+        match self.call(&op, Conn::Shared, job.timeouts.command).await {
+            Ok(problems) if problems.is_empty() => Ok(()),
+            Ok(problems) => Err(Outcome::Refused {
+                reason: Refusal::State { problems },
+            }),
+            Err(e) => Err(Outcome::Failed {
+                reason: Failure::Snapshot {
+                    error: format!("checking the state declaration: {e}"),
+                },
+            }),
+        }
+    }
+
+    /// Takes the pre-deploy snapshots (recorded in the host's journal by
+    /// the same session, and here as an event).
+    async fn take_snapshots(&self) -> Result<(), Outcome> {
+        let job = self.job;
+        let op = TakeSnapshots {
+            spec: job.state.clone(),
+            deploy_id: job.deploy_id.clone(),
+        };
+        match self.call(&op, Conn::Shared, job.timeouts.command).await {
+            Ok(Ok(snapshots)) => {
+                let names: Vec<&str> = snapshots.iter().map(|s| s.location.as_str()).collect();
+                self.emit(EventKind::State {
+                    action: StateAction::Snapshotted,
+                    summary: format!("pre-deploy snapshots {}", names.join(", ")),
+                });
+                self.state.replace(Some(StateReport {
+                    snapshots,
+                    ..StateReport::default()
+                }));
+                Ok(())
+            }
+            Ok(Err(failure)) => Err(Outcome::Refused {
+                reason: Refusal::SnapshotFailed { failure },
+            }),
+            Err(e) => Err(Outcome::Failed {
+                reason: Failure::Snapshot {
+                    error: e.to_string(),
+                },
+            }),
+        }
+    }
+
+    /// After a trial that had snapshots: prune when confirmed, say what
+    /// became of the data when rolled back.
+    async fn after_trial(&self, outcome: &Outcome, booted_on_trial: bool) {
+        let job = self.job;
+        match outcome {
+            Outcome::Confirmed { .. } => {
+                let op = PruneSnapshots {
+                    spec: job.state.clone(),
+                    keep: job.state.keep,
+                    protect: None,
+                };
+                let report = match self.call(&op, Conn::Shared, job.timeouts.command).await {
+                    Ok(report) => report,
+                    Err(e) => {
+                        self.warn(format!("pruning old snapshots: {e}"));
+                        return;
+                    }
+                };
+                if !report.pruned.is_empty() || !report.failed.is_empty() {
+                    self.emit(EventKind::State {
+                        action: StateAction::Pruned,
+                        summary: format!(
+                            "pruned {}{}",
+                            if report.pruned.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                report.pruned.join(", ")
+                            },
+                            if report.failed.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; could not prune {}", report.failed.join(", "))
+                            }
+                        ),
+                    });
+                }
+                if let Some(state) = self.state.borrow_mut().as_mut() {
+                    state.pruned = Some(report);
+                }
+            }
+            Outcome::RolledBack { .. } => {
+                let restore_with = restore_command(job.host.as_str(), job.deploy_id.as_str());
+                // The reboot trial's guard does not restore data (docs/state.md).
+                let data = if !job.state.restores() || booted_on_trial {
+                    DataAfterRollback::KeptAsIs {
+                        restore_command: restore_with,
+                    }
+                } else {
+                    match self.restore.take() {
+                        Some(report) if report.succeeded() => {
+                            DataAfterRollback::Restored { report }
+                        }
+                        Some(report) => DataAfterRollback::RestoreFailed { report },
+                        None => DataAfterRollback::NotReported {
+                            restore_command: restore_with,
+                        },
+                    }
+                };
+                let action = match &data {
+                    DataAfterRollback::Restored { .. } => StateAction::Restored,
+                    DataAfterRollback::KeptAsIs { .. } => StateAction::KeptAsIs,
+                    _ => StateAction::RestoreFailed,
+                };
+                self.emit(EventKind::State {
+                    action,
+                    summary: data.to_string(),
+                });
+                if let Some(state) = self.state.borrow_mut().as_mut() {
+                    state.data = Some(data);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Which trial the change gets (goal switch only: a `test` is live by

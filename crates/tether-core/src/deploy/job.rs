@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::model::{DeployId, Goal, HostName, StorePath, Token, TrialMode};
 use crate::remote::{PersistMode, ScriptOutput};
-use crate::spec::{CheckTarget, HostChecks, Timeouts};
+use crate::spec::{CheckTarget, HostChecks, StateSpec, Timeouts};
 
 /// Everything needed to deploy one host.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct HostJob {
     pub check_target: CheckTarget,
     /// Run after activation, before the confirmation.
     pub checks: HostChecks,
+    /// The data snapshotted before activation (and restored on rollback
+    /// when the inventory opts in); empty when none is declared.
+    pub state: StateSpec,
     /// `user@machine` of the deployer, for the target's journal.
     pub deployer: String,
     /// Where the new system comes from.

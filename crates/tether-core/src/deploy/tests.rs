@@ -264,6 +264,7 @@ fn job(goal: Goal) -> HostJob {
             ssh_user: "root".parse().unwrap(),
         },
         checks: HostChecks::none(),
+        state: Default::default(),
         deployer: "alice@laptop".into(),
         source: SystemSource::Copy,
         persist: crate::remote::PersistMode::SetProfile,
@@ -283,6 +284,7 @@ fn spec_of(job: &HostJob) -> GuardSpec {
         lease: job.timeouts.lease,
         rollback_limit: job.timeouts.rollback,
         deployer: job.deployer.clone(),
+        state: None,
     }
 }
 
@@ -833,6 +835,7 @@ fn exit_codes_tell_success_failure_and_unknown_apart() {
         old_generation: None,
         new_system: NEW.into(),
         duration_ms: 0,
+        state: None,
     };
     let confirmed = r(Outcome::Confirmed {
         generation: None,
@@ -933,6 +936,7 @@ mod rollout {
                 lease: job.timeouts.lease,
                 rollback_limit: job.timeouts.rollback,
                 deployer: job.deployer.clone(),
+                state: None,
             },
             goal: Goal::Test,
         }

@@ -22,8 +22,8 @@ use super::host::Run;
 use crate::model::{Goal, StorePath};
 use crate::ports::{call_streaming, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::{
-    ArmAndActivate, Confirm, Facts, FinishTrial, GuardLife, GuardSpec, GuardState, Inspect,
-    JournalEntry, JournalEvent, Renew, RequestRollback, ARM_WAIT,
+    restore_bound, ArmAndActivate, Confirm, Facts, FinishTrial, GuardLife, GuardSpec, GuardState,
+    Inspect, JournalEntry, JournalEvent, Renew, RequestRollback, ARM_WAIT,
 };
 use crate::report::{EventKind, Outcome, Phase, TrialProblem, Trouble, UnknownReason};
 use crate::spec::{LOOK_CALL, POLL_INTERVAL, QUICK_CALL, RETRY_PAUSE};
@@ -71,6 +71,7 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         lease: job.timeouts.lease,
         rollback_limit: job.timeouts.rollback,
         deployer: job.deployer.clone(),
+        state: job.state.restores().then(|| job.state.clone()),
     };
     let shared = Shared {
         trouble: RefCell::new(None),
@@ -410,27 +411,35 @@ async fn await_guard<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
 ) -> Outcome {
     run.phase(Phase::RollingBack);
     let timeouts = &run.job.timeouts;
-    let deadline = run.clock.now() + timeouts.verdict_wait();
+    // A guard that restores data before the old system takes longer.
+    let verdict_wait = timeouts.verdict_wait() + restore_bound(&run.job.state);
+    let deadline = run.clock.now() + verdict_wait;
     let inspect = Inspect { spec: spec.clone() };
     loop {
         let last = match run.call(&inspect, Conn::Fresh, LOOK_CALL).await {
-            Ok(i) => match decide::after_inspection(&i, &facts.boot_id, old, run.job, &why) {
-                Verdict::Done(outcome) => return outcome,
-                Verdict::Persist => {
-                    run.warn(format!(
-                        "{why}; but the host had confirmed the trial: persisting"
-                    ));
-                    return run.persist(Some(spec), old).await;
+            Ok(i) => {
+                // The guard's restore of the data, for the report.
+                if i.restore.is_some() {
+                    run.restore.replace(i.restore.clone());
                 }
-                Verdict::Wait(last) => last,
-            },
+                match decide::after_inspection(&i, &facts.boot_id, old, run.job, &why) {
+                    Verdict::Done(outcome) => return outcome,
+                    Verdict::Persist => {
+                        run.warn(format!(
+                            "{why}; but the host had confirmed the trial: persisting"
+                        ));
+                        return run.persist(Some(spec), old).await;
+                    }
+                    Verdict::Wait(last) => last,
+                }
+            }
             Err(e) => e.to_string(),
         };
         if run.clock.now() >= deadline {
             return Outcome::Unknown {
                 reason: UnknownReason::NoVerdict {
                     why,
-                    seconds: timeouts.verdict_wait().as_secs(),
+                    seconds: verdict_wait.as_secs(),
                     last,
                 },
             };

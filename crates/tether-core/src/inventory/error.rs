@@ -86,6 +86,8 @@ pub enum Problem {
     InvalidValue(String, &'static str),
     #[error("must not be empty")]
     Empty,
+    #[error("{n} is out of range ({min}..{max})")]
+    CountOutOfRange { n: u64, min: u64, max: u64 },
     #[error("not allowed in a {kind} check (it takes: {fields})")]
     FieldOfOtherType {
         kind: &'static str,

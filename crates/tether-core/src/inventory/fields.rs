@@ -190,6 +190,47 @@ impl<'e> Fields<'e> {
         Some(tags)
     }
 
+    /// A list of strings, each parsed into a validated value; every bad
+    /// entry is reported as `name[i]`.
+    pub(crate) fn parsed_list<T: FromStr<Err = E>, E: Into<Problem>>(
+        &mut self,
+        name: &str,
+    ) -> Option<Vec<T>> {
+        let value = self.take(name)?;
+        let Value::Array(items) = value else {
+            self.wrong_type(name, "a list of strings", &value);
+            return None;
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let field = format!("{name}[{i}]");
+            match item {
+                Value::String(s) => match s.parse::<T>() {
+                    Ok(v) => values.push(v),
+                    Err(problem) => self.error(&field, problem.into()),
+                },
+                other => self.wrong_type(&field, "a string", &other),
+            }
+        }
+        Some(values)
+    }
+
+    /// A whole number within `min..=max`.
+    pub(crate) fn count(&mut self, name: &str, min: u64, max: u64) -> Option<u64> {
+        let value = self.take(name)?;
+        match value.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.error(name, Problem::CountOutOfRange { n, min, max });
+                None
+            }
+            None => {
+                self.wrong_type(name, "a whole number", &value);
+                None
+            }
+        }
+    }
+
     /// A list of extra `ssh` arguments. They reach Nix through
     /// `NIX_SSHOPTS`, which Nix splits at whitespace, so an entry with
     /// whitespace could not be passed faithfully and is refused.

@@ -27,7 +27,7 @@ pub use selector::select;
 pub use settings::Settings;
 pub use ssh_options::{validate as validate_ssh_options, SshOptionProblem};
 
-use crate::spec::{CheckTarget, TimeoutSettings};
+use crate::spec::{CheckTarget, StateSpec, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
 use crate::model::{
@@ -80,6 +80,8 @@ pub struct Host {
     pub checks: HostChecks,
     /// How goal-switch deploys try the new system (`trial`, default auto).
     pub trial: TrialMode,
+    /// What each deploy snapshots (docs/state.md).
+    pub state: StateSpec,
 }
 
 impl Host {
@@ -370,6 +372,7 @@ fn read_host(
         ssh_options: settings.ssh_options,
         timeouts: settings.timeouts,
         trial: settings.trial.unwrap_or_default(),
+        state: settings.state.resolve(),
     })
 }
 

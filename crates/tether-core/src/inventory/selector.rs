@@ -79,6 +79,7 @@ mod tests {
             timeouts: Default::default(),
             trial: Default::default(),
             checks: Default::default(),
+            state: Default::default(),
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::checks::{read_checks, CheckMap};
 use super::fields::Fields;
 use crate::model::{SshUser, Tag, TrialMode};
-use crate::spec::{FailedUnits, HostChecks, TimeoutSettings};
+use crate::spec::{FailedUnits, HostChecks, StateSettings, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -36,6 +36,8 @@ pub struct Settings {
     pub check_interval: Option<u64>,
     /// `trial`: how goal-switch deploys try the new system.
     pub trial: Option<TrialMode>,
+    /// `state`: subvolumes and datasets snapshotted with each deploy.
+    pub state: StateSettings,
 }
 
 impl Settings {
@@ -52,7 +54,32 @@ impl Settings {
         "checkTimeout",
         "checkInterval",
         "trial",
+        "state",
     ];
+
+    /// The keys of `state`.
+    const STATE_FIELDS: &'static [&'static str] =
+        &["btrfs", "zfs", "units", "restoreOnRollback", "keep"];
+
+    fn read_state(fields: &mut Fields<'_>) -> StateSettings {
+        let Some(value) = fields.take("state") else {
+            return StateSettings::default();
+        };
+        let Some(mut inner) = fields.nested("state", value, Self::STATE_FIELDS) else {
+            return StateSettings::default();
+        };
+        let state = StateSettings {
+            btrfs: inner.parsed_list("btrfs").unwrap_or_default(),
+            zfs: inner.parsed_list("zfs").unwrap_or_default(),
+            units: inner.parsed_list("units").unwrap_or_default(),
+            restore_on_rollback: inner.bool("restoreOnRollback"),
+            keep: inner
+                .count("keep", 1, 1000)
+                .and_then(|n| u32::try_from(n).ok()),
+        };
+        inner.finish();
+        state
+    }
 
     /// The health checks these (merged) settings describe.
     pub fn host_checks(&self) -> HostChecks {
@@ -115,6 +142,7 @@ impl Settings {
             check_timeout: fields.seconds("checkTimeout", 1, 3_600),
             check_interval: fields.seconds("checkInterval", 1, 300),
             trial: Self::read_trial(fields),
+            state: Self::read_state(fields),
         }
     }
 
@@ -150,6 +178,7 @@ impl Settings {
             check_timeout: host.check_timeout.or(defaults.check_timeout),
             check_interval: host.check_interval.or(defaults.check_interval),
             trial: host.trial.or(defaults.trial),
+            state: host.state.over(&defaults.state),
         }
     }
 }

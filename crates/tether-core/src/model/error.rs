@@ -14,4 +14,10 @@ pub enum ValueError {
     InvalidMachineId(String),
     #[error("{0:?} is not a valid tag (use letters, digits, '.', '_' and '-', starting with a letter or digit)")]
     InvalidTag(String),
+    #[error("{value:?} is not a valid state subvolume path: {reason}")]
+    InvalidStatePath { value: String, reason: &'static str },
+    #[error("{value:?} is not a valid ZFS dataset: {reason}")]
+    InvalidDataset { value: String, reason: &'static str },
+    #[error("{0:?} is not a systemd unit name (letters, digits, ':', '_', '.', '@', '-', '\\', ending in .service, .socket, .target, .mount, .timer, …)")]
+    InvalidUnitName(String),
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::boot_trial::{BootTrialState, BOOT_TRIAL_DIR};
 use super::checks::{system_state_script, SystemState, SystemStateLook};
 use super::guard::{guard_script, lease_bump, GuardSpec, GuardState, GC_ROOTS, SWITCH_LOCK};
+use super::state::state_settings;
 use super::wire::{all, first, parse_fields, ParseError};
 use super::{Op, Operation, ScriptOutput, LOCK_DIR, RESOLVE_FUNCTION, RUN_DIR};
 use crate::model::Goal;
@@ -143,6 +144,26 @@ exit "$rc"
             param("DEPLOYER", &crate::text::one_line(&spec.deployer)),
         ]
         .concat();
+        // The declared state the guard restores on a rollback, if any.
+        let state_params: String = match &spec.state {
+            Some(state) => std::iter::once(param("STATE_RESTORE", "yes"))
+                .chain(
+                    state_settings(state)
+                        .iter()
+                        .map(|(name, value)| param(name, value)),
+                )
+                .collect(),
+            None => String::new(),
+        };
+        let params = params + &state_params;
+        let state_tools = match &spec.state {
+            Some(state) => format!(
+                "{}{}",
+                if state.btrfs.is_empty() { "" } else { " btrfs" },
+                if state.zfs.is_empty() { "" } else { " zfs" }
+            ),
+            None => String::new(),
+        };
         format!(
             r#"set -u
 umask 077
@@ -165,7 +186,7 @@ chmod 0700 "$run" || fail "chmod $run"
 # Resolve the guard's tools now, to store paths on NixOS: the guard must
 # keep working while /run/current-system changes under it.
 paths=
-for t in sh flock systemctl systemd-run sleep readlink date mv cat rm mkdir timeout stat; do
+for t in sh flock systemctl systemd-run sleep readlink date mv cat rm mkdir timeout stat tr{state_tools}; do
     p=$(command -v "$t") || {{ echo "arm=missing-tool"; echo "missing=$t"; exit 0; }}
     paths="$paths $p"
 done
@@ -288,6 +309,7 @@ exec 9>&-
             root_old = quote(&root_old),
             root_new = quote(&root_new),
             resolve = RESOLVE_FUNCTION,
+            state_tools = state_tools,
         )
     }
 

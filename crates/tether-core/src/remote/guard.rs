@@ -9,6 +9,7 @@ use super::journal::JournalEvent;
 use super::{RESOLVE_FUNCTION, RUN_DIR};
 use crate::model::{DeployId, StorePath, Token};
 use crate::shell::quote;
+use crate::spec::StateSpec;
 
 /// The guard's own logic (`guard.sh`); [`guard_script`] prepends the state
 /// and event names it uses.
@@ -41,6 +42,9 @@ pub struct GuardSpec {
     pub rollback_limit: Duration,
     /// `user@machine` of the deployer, recorded in the target's journal.
     pub deployer: String,
+    /// The declared state the guard restores before it rolls back, when
+    /// the host's `state.restoreOnRollback` is on (docs/state.md).
+    pub state: Option<StateSpec>,
 }
 
 impl GuardSpec {
@@ -260,8 +264,9 @@ pub(crate) fn names() -> String {
 /// functions, then `guard.sh`.
 pub(crate) fn guard_script() -> String {
     format!(
-        "{}{RESOLVE_FUNCTION}\n{ACTIVATION_STATE_FUNCTION}{SWITCH_LOCK_USE_FUNCTION}{GUARD_LOGIC}",
-        names()
+        "{}{RESOLVE_FUNCTION}\n{ACTIVATION_STATE_FUNCTION}{SWITCH_LOCK_USE_FUNCTION}{}\n{GUARD_LOGIC}",
+        names(),
+        super::state::STATE_FUNCTIONS
     )
 }
 

@@ -92,6 +92,25 @@ rollback() {
     # A hung activation must not keep running (nor hold the NixOS
     # switch-to-configuration lock) while the old system is re-activated.
     systemctl stop "$ACTIVATION_UNIT" >/dev/null 2>&1
+    # The declared state goes back to its pre-deploy snapshot before the
+    # old system starts its units again; what the trial wrote is kept as
+    # a failed state (state.sh). A failed restore leaves the data as it is
+    # and does not stop the rollback of the system.
+    if [ "${STATE_RESTORE:-no}" = yes ]; then
+        state_restore "$DEPLOY_ID" >"$dir/restore.out" 2>"$dir/restore.err"
+        rrc=$?
+        printf '%s\n' "$rrc" >"$dir/restore.rc"
+        summary=
+        while IFS= read -r l; do
+            case "$l" in restored=* | restore_failed=*) summary="$summary${summary:+; }$l" ;; esac
+        done <"$dir/restore.out"
+        summary=$(printf '%s' "$summary" | tr '\t' ' ')
+        if [ "$rrc" = 0 ]; then
+            journal "$E_DATA_RESTORED" "restored before the rollback: $summary"
+        else
+            journal "$E_DATA_RESTORE_FAILED" "restore before the rollback failed: $summary"
+        fi
+    fi
     # Bounded: a switch-to-configuration that waits for a lock someone
     # else holds must not keep the host (and the deployer) waiting forever.
     # Exit 11 (the switch lock was taken) with nobody holding it any more

@@ -27,10 +27,18 @@ pub enum JournalEvent {
     NotActivated,
     /// The reboot trial's guard saw the host boot the new system.
     Booted,
+    /// The pre-deploy snapshots of the declared state were taken.
+    Snapshotted,
+    /// Taking them failed: the deploy was refused before activation.
+    SnapshotFailed,
+    /// The declared state was restored to a pre-deploy snapshot.
+    DataRestored,
+    /// Restoring it failed (or stopped part way).
+    DataRestoreFailed,
 }
 
 impl JournalEvent {
-    pub const ALL: [JournalEvent; 9] = [
+    pub const ALL: [JournalEvent; 13] = [
         JournalEvent::Armed,
         JournalEvent::RollingBack,
         JournalEvent::RolledBack,
@@ -40,6 +48,10 @@ impl JournalEvent {
         JournalEvent::ConfirmedNotPersisted,
         JournalEvent::NotActivated,
         JournalEvent::Booted,
+        JournalEvent::Snapshotted,
+        JournalEvent::SnapshotFailed,
+        JournalEvent::DataRestored,
+        JournalEvent::DataRestoreFailed,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -53,6 +65,10 @@ impl JournalEvent {
             JournalEvent::ConfirmedNotPersisted => "confirmed-not-persisted",
             JournalEvent::NotActivated => "not-activated",
             JournalEvent::Booted => "booted",
+            JournalEvent::Snapshotted => "snapshotted",
+            JournalEvent::SnapshotFailed => "snapshot-failed",
+            JournalEvent::DataRestored => "data-restored",
+            JournalEvent::DataRestoreFailed => "data-restore-failed",
         }
     }
 

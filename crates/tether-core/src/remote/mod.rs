@@ -26,6 +26,7 @@ mod persist;
 pub mod plan;
 mod preflight;
 mod reboot;
+mod state;
 pub mod status;
 mod trial;
 mod wire;
@@ -47,6 +48,11 @@ pub use journal::{JournalEntry, JournalEvent};
 pub use persist::{DryActivate, FinishTrial, Persist, PersistMode, PersistReport};
 pub use preflight::{Facts, LockHolder, Preflight};
 pub use reboot::{BootState, BootStateReport, Reboot};
+pub use state::{
+    restore_bound, CheckState, Fs, ListSnapshots, PruneReport, PruneSnapshots, RestoreRefusal,
+    RestoreReport, RestoreSnapshots, Restored, Snapshot, SnapshotKind, StateProblem, TakeSnapshots,
+    VolumeFailure, FAILED_STATE_COPY, UNIT_STOP,
+};
 pub use trial::{ActivationState, GuardLife, Inspect, Inspection, Renew, Renewal, RequestRollback};
 pub use wire::{generation_number, ParseError};
 
@@ -116,11 +122,21 @@ pub enum Op {
     FinishBootTrial,
     /// Undo a reboot trial whose reboot never came ([`AskBootTrial`]).
     AbandonBootTrial,
+    /// Check the host's state declaration ([`CheckState`]).
+    CheckState,
+    /// Take a deploy's pre-deploy snapshots ([`TakeSnapshots`]).
+    TakeSnapshots,
+    /// List tether's snapshots ([`ListSnapshots`]).
+    ListSnapshots,
+    /// Restore a deploy's pre-deploy snapshots on request ([`RestoreSnapshots`]).
+    RestoreSnapshots,
+    /// Remove snapshots beyond `keep` ([`PruneSnapshots`]).
+    PruneSnapshots,
 }
 
 impl Op {
     /// Every operation, for tests that must cover them all.
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 31] = [
         Op::Preflight,
         Op::ArmAndActivate,
         Op::Renew,
@@ -147,6 +163,11 @@ impl Op {
         Op::RollBackBootTrial,
         Op::FinishBootTrial,
         Op::AbandonBootTrial,
+        Op::CheckState,
+        Op::TakeSnapshots,
+        Op::ListSnapshots,
+        Op::RestoreSnapshots,
+        Op::PruneSnapshots,
     ];
 
     /// The operation's name in logs and errors.
@@ -178,6 +199,11 @@ impl Op {
             Op::RollBackBootTrial => "ask the boot-trial guard to roll back",
             Op::FinishBootTrial => "persist and finish the reboot trial",
             Op::AbandonBootTrial => "abandon the reboot trial",
+            Op::CheckState => "check the state declaration",
+            Op::TakeSnapshots => "take the pre-deploy snapshots",
+            Op::ListSnapshots => "list snapshots",
+            Op::RestoreSnapshots => "restore snapshots",
+            Op::PruneSnapshots => "prune snapshots",
         }
     }
 }

@@ -23,6 +23,7 @@ fn spec() -> GuardSpec {
         lease: Duration::from_secs(15),
         rollback_limit: Duration::from_secs(300),
         deployer: "alice@laptop; $(rm -rf /)\tforged".into(),
+        state: None,
     }
 }
 
@@ -126,6 +127,35 @@ fn example(op: Op) -> Script {
             ..persist()
         }))),
         Op::AbandonBootTrial => ask(BootTrialRequest::Abandon),
+        Op::CheckState => CheckState { spec: state() }.request(),
+        Op::TakeSnapshots => TakeSnapshots {
+            spec: state(),
+            deploy_id: s.deploy_id,
+        }
+        .request(),
+        Op::ListSnapshots => ListSnapshots { spec: state() }.request(),
+        Op::RestoreSnapshots => RestoreSnapshots {
+            spec: state(),
+            deploy_id: s.deploy_id,
+        }
+        .request(),
+        Op::PruneSnapshots => PruneSnapshots {
+            spec: state(),
+            keep: 3,
+            protect: Some(s.deploy_id),
+        }
+        .request(),
+    }
+}
+
+/// A state declaration with values a shell must not interpret.
+fn state() -> crate::spec::StateSpec {
+    crate::spec::StateSpec {
+        btrfs: vec!["/srv/it's".parse().unwrap()],
+        zfs: vec!["tank/db".parse().unwrap()],
+        units: vec!["db.service".parse().unwrap()],
+        restore_on_rollback: true,
+        keep: 2,
     }
 }
 

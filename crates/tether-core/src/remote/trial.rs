@@ -7,6 +7,7 @@ use super::guard::{
     lease_bump, GuardCause, GuardSpec, GuardState, ACTIVATION_STATE_FUNCTION, SWITCH_LOCK,
 };
 use super::preflight::{parse_lock_holder, LockHolder, SWITCH_LOCK_PROBE};
+use super::state::RestoreReport;
 use super::wire::{finished, first, parse_fields, Fields, ParseError};
 use super::{generation_number, Op, Operation, ScriptOutput, RESOLVE_FUNCTION, SYSTEM_PROFILE};
 use crate::shell::quote;
@@ -200,6 +201,9 @@ pub struct Inspection {
     pub boot_default: Option<BootDefault>,
     /// Who holds NixOS's switch lock now, if anyone.
     pub switch_lock: Option<LockHolder>,
+    /// What the guard did with the declared state before rolling back,
+    /// when it restores it (`state.restoreOnRollback`).
+    pub restore: Option<RestoreReport>,
 }
 
 impl Operation for Inspect {
@@ -221,6 +225,9 @@ cause=; read -r cause 2>/dev/null <"$dir/cause"
 echo "cause=$cause"
 {activation_report}rc=; read -r rc 2>/dev/null <"$dir/rollback.rc"
 echo "rollback_rc=$rc"
+rrc=; read -r rrc 2>/dev/null <"$dir/restore.rc"
+echo "restore_rc=$rrc"
+[ -e "$dir/restore.out" ] && cat "$dir/restore.out"
 resolve "$profile"; echo "profile=$r"
 echo "profile_link=$(readlink "$profile" 2>/dev/null)"
 boot_default
@@ -251,6 +258,7 @@ echo "inspect=done"
             profile_generation: first(&f, "profile_link").and_then(generation_number),
             boot_default: parse_boot_default(&f),
             switch_lock: parse_lock_holder(&f),
+            restore: first(&f, "restore_rc").map(|_| RestoreReport::from_fields(&f)),
         })
     }
 }

@@ -41,6 +41,34 @@ impl Phase {
     }
 }
 
+/// What a [`EventKind::State`] event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateAction {
+    /// Pre-deploy snapshots taken.
+    Snapshotted,
+    /// The data was restored with the rollback.
+    Restored,
+    /// A restore with the rollback failed.
+    RestoreFailed,
+    /// The system rolled back; the data stayed as the trial left it.
+    KeptAsIs,
+    /// Old snapshots removed after a confirmed deploy.
+    Pruned,
+}
+
+impl StateAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateAction::Snapshotted => "snapshotted",
+            StateAction::Restored => "data-restored",
+            StateAction::RestoreFailed => "data-restore-failed",
+            StateAction::KeptAsIs => "data-kept",
+            StateAction::Pruned => "pruned",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {
@@ -64,6 +92,11 @@ pub enum EventKind {
     },
     /// Something worth knowing that does not end the deploy.
     Warning { message: String },
+    /// tether did something to the host's declared state (docs/state.md).
+    State {
+        action: StateAction,
+        summary: String,
+    },
     /// The host's final outcome.
     Outcome {
         #[serde(flatten)]

@@ -7,12 +7,14 @@ mod checks;
 mod events;
 mod outcome;
 mod reason;
+mod state;
 
 pub use boot_reason::{reboot_reasons_text, BootTrialProblem};
 pub use checks::{CheckAttempt, CheckFailure};
-pub use events::{Event, EventKind, Phase};
+pub use events::{Event, EventKind, Phase, StateAction};
 pub use outcome::{Cause, HostReport, Outcome, RunResult};
 pub use reason::{
     ConfirmAttempt, Failure, IdentityProblem, NoGeneration, NotPersisted, PersistProblem, Refusal,
     RollbackReason, SkipReason, TrialProblem, Trouble, Unhealthy, UnknownReason,
 };
+pub use state::{restore_command, DataAfterRollback, StateReport};

@@ -166,6 +166,9 @@ pub struct HostReport {
     pub old_generation: Option<u32>,
     pub new_system: String,
     pub duration_ms: u64,
+    /// Snapshots and data, for a host with `state` declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<super::state::StateReport>,
 }
 
 impl HostReport {

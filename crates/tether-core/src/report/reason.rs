@@ -14,7 +14,7 @@ use super::boot_reason::{reboot_reasons_text, BootTrialProblem};
 use super::checks::CheckFailure;
 use crate::remote::{
     activation_exit_meaning, BootLoader, BootTrialCause, GuardCause, GuardState, LockHolder,
-    PrepareStep, RebootReason,
+    PrepareStep, RebootReason, StateProblem, VolumeFailure,
 };
 
 /// The exit code of a `switch-to-configuration` run, said with its meaning.
@@ -137,6 +137,14 @@ pub enum Refusal {
     ForceLiveWithReboot {
         reasons: Vec<RebootReason>,
     },
+    /// The host cannot honour the inventory's `state` declaration.
+    State {
+        problems: Vec<StateProblem>,
+    },
+    /// A pre-deploy snapshot failed: nothing was activated.
+    SnapshotFailed {
+        failure: VolumeFailure,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -208,6 +216,19 @@ impl fmt::Display for Refusal {
                 "--force-live with --reboot would persist a change nobody booted ({}); drop --force-live to use the reboot trial",
                 reboot_reasons_text(reasons)
             ),
+            Refusal::State { problems } => write!(
+                f,
+                "{}; nothing was copied or activated",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Refusal::SnapshotFailed { failure } => write!(
+                f,
+                "the pre-deploy snapshot failed ({failure}); snapshots taken before it were kept, nothing was activated"
+            ),
         }
     }
 }
@@ -275,6 +296,11 @@ pub enum Failure {
     Copy {
         error: String,
     },
+    /// Checking the state declaration or taking the snapshots got no
+    /// usable answer; nothing was activated.
+    Snapshot {
+        error: String,
+    },
     /// The guard could not be started (what failed).
     GuardNotStarted {
         detail: String,
@@ -332,6 +358,9 @@ impl fmt::Display for Failure {
                 "preparing the reboot trial failed {step}: {detail}; the profile and boot entries were put back, nothing was activated"
             ),
             Failure::Copy { error } => write!(f, "copy: {error}; nothing was activated"),
+            Failure::Snapshot { error } => {
+                write!(f, "pre-deploy snapshots: {error}; nothing was activated")
+            }
             Failure::GuardNotStarted { detail } => write!(
                 f,
                 "could not start the guard ({detail}); nothing was activated"

@@ -1,9 +1,10 @@
 //! What a deploy is asked to do, as plain data: health checks, rollout
-//! policy and time limits. The inventory and the flags produce these; the
+//! policy, time limits and the state snapshotted with each deploy. The inventory and the flags produce these; the
 //! logic consumes them.
 
 mod checks;
 mod rollout;
+mod state;
 mod timeouts;
 
 pub use checks::{
@@ -12,6 +13,7 @@ pub use checks::{
     FAILED_UNITS, SYSTEM_RUNNING,
 };
 pub use rollout::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
+pub use state::{StateSettings, StateSpec, DEFAULT_KEEP};
 pub use timeouts::{
     TimeoutSettings, Timeouts, ACTIVATION_STOP, LOOK_CALL, PERSIST_AT_MOST, POLL_INTERVAL,
     QUICK_CALL, RETRY_PAUSE, ROLLBACK_MARGIN,

@@ -89,6 +89,7 @@ fn insert_events(c: &mut Connection, run_id: &str, events: &[Event]) -> rusqlite
             EventKind::ActivationEnded { .. } => "activation-ended",
             EventKind::Check { .. } => "check",
             EventKind::Warning { .. } => "warning",
+            EventKind::State { action, .. } => action.as_str(),
             EventKind::Outcome { .. } => "outcome",
         };
         let data = serde_json::to_string(event).unwrap_or_default();

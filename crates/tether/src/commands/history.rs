@@ -106,6 +106,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
                     .or_else(|| e.data.get("outcome"))
                     .or_else(|| e.data.get("line"))
                     .or_else(|| e.data.get("message"))
+                    .or_else(|| e.data.get("summary"))
                     .or_else(|| e.data.get("check"))
                     .and_then(|v| v.as_str())
                     .unwrap_or("")

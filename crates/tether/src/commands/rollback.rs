@@ -49,6 +49,7 @@ fn decided(host: &Host, outcome: Outcome) -> HostReport {
         old_generation: None,
         new_system: String::new(),
         duration_ms: 0,
+        state: None,
     }
 }
 

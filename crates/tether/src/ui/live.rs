@@ -118,6 +118,11 @@ impl Reporter for LiveReporter {
                     if *passed { ", passed" } else { "" }
                 ));
             }
+            EventKind::State { summary, .. } => {
+                let _ = self
+                    .multi
+                    .println(format!("  {host}: {}", printable(summary, 300)));
+            }
             EventKind::Warning { message } => {
                 let _ = self
                     .multi

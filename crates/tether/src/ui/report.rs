@@ -48,6 +48,7 @@ impl Reporter for HumanReporter {
                 format!("activation ended ({})", super::live::exit_words(*exit_code))
             }
             EventKind::Warning { message } => format!("warning: {}", clean(message)),
+            EventKind::State { summary, .. } => format!("state: {}", clean(summary)),
             EventKind::Check {
                 check,
                 attempt,
@@ -148,6 +149,9 @@ pub fn summary_table(reports: &[HostReport]) -> String {
             r.duration_ms as f64 / 1000.0,
             clean(&detail)
         ));
+        if let Some(state) = r.state.as_ref().and_then(|s| s.summary()) {
+            s.push_str(&format!("{:<width$}  state: {}\n", "", clean(&state)));
+        }
     }
     s
 }

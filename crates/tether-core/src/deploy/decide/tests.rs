@@ -31,6 +31,7 @@ fn job(goal: Goal) -> HostJob {
             ssh_user: "root".parse().unwrap(),
         },
         checks: HostChecks::none(),
+        state: Default::default(),
         deployer: "alice@laptop".into(),
         source: SystemSource::Copy,
         persist: PersistMode::SetProfile,
@@ -593,6 +594,7 @@ fn inspection(state: GuardState, current: &str, boot_id: &str) -> Inspection {
         profile_generation: Some(1),
         boot_default: None,
         switch_lock: None,
+        restore: None,
     }
 }
 
