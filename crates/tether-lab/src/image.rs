@@ -12,9 +12,11 @@ use std::process::Command;
 
 const SUITE: &str = "bookworm";
 const INCLUDE: &str =
-    "systemd,systemd-sysv,dbus,openssh-server,iproute2,nftables,python3,nix-bin,util-linux";
+    "systemd,systemd-sysv,dbus,openssh-server,iproute2,nftables,python3,nix-bin,util-linux,btrfs-progs,zfs-fuse";
 const BOOT_SH: &str = include_str!("../image/boot.sh");
 const BOOT_UNIT: &str = include_str!("../image/tether-lab-boot.service");
+/// zfs-fuse for the hosts of a lab with state (`up --state`).
+const ZFS_UNIT: &str = include_str!("../image/tether-lab-zfs.service");
 const SSHD_CONF: &str = include_str!("../image/sshd.conf");
 const NIX_CONF: &str = include_str!("../image/nix.conf");
 /// The bootctl emulation (also the emulated firmware, as `sd-boot`).
@@ -30,6 +32,8 @@ const MASKED: &[&str] = &[
     "console-getty.service",
     "getty@.service",
     "systemd-pstore.service",
+    // Replaced by tether-lab-zfs.service, which runs only where /dev/fuse is.
+    "zfs-fuse.service",
 ];
 /// Bump when the customisation code below changes in a way the hashed
 /// inputs do not show.
@@ -49,6 +53,7 @@ fn recipe_hash(stage2: &str) -> String {
         INCLUDE,
         BOOT_SH,
         BOOT_UNIT,
+        ZFS_UNIT,
         SSHD_CONF,
         NIX_CONF,
         BOOTCTL,
@@ -165,9 +170,17 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
     )?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     fs::create_dir_all(&wants)?;
-    let link = wants.join("tether-lab-boot.service");
-    if !link.exists() {
-        symlink("/etc/systemd/system/tether-lab-boot.service", &link)?;
+    write(
+        root,
+        "etc/systemd/system/tether-lab-zfs.service",
+        ZFS_UNIT,
+        0o644,
+    )?;
+    for unit in ["tether-lab-boot.service", "tether-lab-zfs.service"] {
+        let link = wants.join(unit);
+        if !link.exists() {
+            symlink(format!("/etc/systemd/system/{unit}"), &link)?;
+        }
     }
     for unit in MASKED {
         let link = root.join("etc/systemd/system").join(unit);

@@ -68,6 +68,9 @@ pub struct LabInfo {
     /// A known_hosts file holding exactly the pinned host keys.
     pub known_hosts: PathBuf,
     pub hosts: Vec<LabHost>,
+    /// Every host has real state to snapshot ([`UpOptions::state`]).
+    #[serde(default)]
+    pub state: bool,
 }
 
 /// A handle on a running lab. Dropping it does not tear the lab down unless
@@ -105,7 +108,17 @@ pub struct BootEntry {
 pub struct UpOptions {
     pub name: String,
     pub hosts: usize,
+    /// Give every host state to snapshot (docs/lab.md, "State"): a btrfs
+    /// filesystem of its own on a loop device, bound at `/srv/state` with
+    /// the subvolume `/srv/state/db`, and a zfs-fuse pool `tank` (mounted
+    /// at `/tank`) with the datasets `tank/db` and `tank/db/log`.
+    pub state: bool,
 }
+
+/// The size of each host's btrfs filesystem and ZFS pool file (sparse).
+const STATE_SIZE: &str = "256M";
+/// Where a state host's pool file lives inside it (tether-lab-zfs.service).
+const POOL_FILE: &str = "/var/lib/tether-lab/zpool.img";
 
 fn labs_dir() -> PathBuf {
     paths::lab_dir().join("labs")
@@ -304,6 +317,7 @@ impl Lab {
             ssh_key,
             known_hosts: dir.join("known_hosts"),
             hosts,
+            state: opts.state,
         };
         // lab.json first, so a failure below can still be torn down by name.
         let lab = Lab {
@@ -328,6 +342,9 @@ impl Lab {
             ])?;
             for host in info.hosts.iter_mut() {
                 host.host_key = prepare_host(&lab.info, host, &client_pub)?;
+                if opts.state {
+                    prepare_state(host)?;
+                }
             }
             let known: String = info
                 .hosts
@@ -350,7 +367,14 @@ impl Lab {
             for host in &lab.info.hosts {
                 lab.start_supervisor(host)?;
             }
-            lab.wait_all_ready(BOOT_TIMEOUT)
+            lab.wait_all_ready(BOOT_TIMEOUT)?;
+            if opts.state {
+                for host in &lab.info.hosts {
+                    lab.exec_sh(&host.name, STATE_LAYOUT)
+                        .with_context(|| format!("{}: creating its subvolume and datasets", host.name))?;
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = started {
             let _ = Lab {
@@ -410,8 +434,19 @@ impl Lab {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        let mut state_args = Vec::new();
+        if self.info.state {
+            state_args.push("--bind=/dev/fuse".to_string());
+            state_args.push(format!("--bind={}:/srv/state", host.dir.join("state").display()));
+        }
         let child = Command::new("setsid")
             .env("TETHER_LAB_CGROUPS", cgroups.join(" "))
+            // zfs-fuse's rollback writes /proc/sys/vm/drop_caches (shared/LAB.md):
+            // a lab-only setting, for the hosts with state.
+            .env(
+                "SYSTEMD_NSPAWN_API_VFS_WRITABLE",
+                if self.info.state { "1" } else { "0" },
+            )
             .arg("sh")
             .arg(&script)
             .arg(&host.dir)
@@ -434,6 +469,7 @@ impl Lab {
                 "--network-namespace-path=/run/netns/{}",
                 host.netns
             ))
+            .args(&state_args)
             .args(["-b", "systemd.firstboot=off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -910,6 +946,17 @@ impl Lab {
                 }
             }
         }
+        if info.state {
+            for h in &info.hosts {
+                let mnt = h.dir.join("state");
+                if is_mount_point(&mnt) {
+                    // The loop device was set up with autoclear: it goes with the mount.
+                    if cmd::output(Command::new("umount").arg(&mnt)).is_err() {
+                        let _ = cmd::output(Command::new("umount").arg("-l").arg(&mnt));
+                    }
+                }
+            }
+        }
         for h in &info.hosts {
             let _ = cmd::output(Command::new("ip").args(["netns", "delete", &h.netns]));
             let _ = cmd::output(Command::new("ip").args(["link", "delete", &h.link]));
@@ -1028,6 +1075,50 @@ impl Drop for Lab {
 
 /// Creates the host's namespace, veth, upper layer, keys and identity; returns
 /// its pinned public host key.
+/// The layout every state host starts with (run inside it once it is up).
+const STATE_LAYOUT: &str = r#"set -e
+[ -e /srv/state/db ] || btrfs subvolume create /srv/state/db >/dev/null
+if ! zpool list tank >/dev/null 2>&1; then
+    systemctl start tether-lab-zfs.service
+    zpool create -m /tank tank /var/lib/tether-lab/zpool.img
+    zfs create tank/db
+    zfs create tank/db/log
+fi
+"#;
+
+/// A state host's btrfs filesystem (a loop device, mounted outside the
+/// container and bound in: there is no losetup inside) and its pool file.
+fn prepare_state(h: &LabHost) -> Result<()> {
+    let image = h.dir.join("state.btrfs");
+    let mnt = h.dir.join("state");
+    fs::create_dir_all(&mnt)?;
+    cmd::run(Command::new("truncate").args(["-s", STATE_SIZE]).arg(&image))?;
+    cmd::run(Command::new("mkfs.btrfs").arg("-q").arg(&image))
+        .with_context(|| format!("{}: mkfs.btrfs", h.name))?;
+    cmd::run(
+        Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt),
+    )
+    .with_context(|| format!("{}: mounting its btrfs filesystem", h.name))?;
+    let pool = h.dir.join("upper").join(POOL_FILE.trim_start_matches('/'));
+    if let Some(parent) = pool.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    cmd::run(Command::new("truncate").args(["-s", STATE_SIZE]).arg(&pool))?;
+    Ok(())
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    Command::new("mountpoint")
+        .arg("-q")
+        .arg(path)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 fn prepare_host(info: &LabInfo, h: &LabHost, client_pub: &str) -> Result<String> {
     let upper = h.dir.join("upper");
     fs::create_dir_all(&upper)?;

@@ -33,6 +33,10 @@ enum Cmd {
         /// Copy lab.json to this file too.
         #[arg(long, value_name = "FILE")]
         json_out: Option<PathBuf>,
+        /// Give every host state to snapshot: a btrfs subvolume
+        /// /srv/state/db and a zfs-fuse pool with tank/db and tank/db/log.
+        #[arg(long)]
+        state: bool,
     },
     /// Tear the lab down and verify nothing is left.
     Down {
@@ -95,11 +99,13 @@ fn run(cli: Cli) -> Result<i32> {
             hosts,
             provision,
             json_out,
+            state,
         } => {
             let started = Instant::now();
             let lab = Lab::up(&UpOptions {
                 name: name.to_string(),
                 hosts,
+                state,
             })?;
             eprintln!(
                 "tether-lab: {hosts} hosts up in {:.1}s",

@@ -440,6 +440,7 @@ fn lab_selftest() -> Result<()> {
     let lab = Lab::up(&UpOptions {
         name: LAB.into(),
         hosts: 3,
+        state: false,
     })?
     .tear_down_on_drop();
     ensure!(lab.info.hosts.len() == 3, "expected 3 hosts");

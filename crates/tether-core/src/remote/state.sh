@@ -33,7 +33,7 @@ state_check() {
             for p in $STATE_BTRFS; do
                 if [ ! -d "$p" ]; then echo "problem=no-path $p"
                 elif ! btrfs subvolume show "$p" >/dev/null 2>&1; then echo "problem=not-subvolume $p"
-                elif [ "$(stat -c %m "$p" 2>/dev/null)" = "$p" ]; then echo "problem=mount-point $p"
+                elif mountpoint -q "$p" 2>/dev/null; then echo "problem=mount-point $p"
                 fi
             done
         fi

@@ -126,9 +126,20 @@ pub fn tether_bin() -> &'static str {
 impl Fleet {
     /// Boots `hosts` lab hosts named `name` and installs their base systems.
     pub fn up(name: &str, hosts: usize) -> Fleet {
+        Fleet::boot(name, hosts, false)
+    }
+
+    /// Like [`Fleet::up`], every host with state to snapshot (a btrfs
+    /// subvolume `/srv/state/db`, ZFS datasets `tank/db`, `tank/db/log`).
+    pub fn up_with_state(name: &str, hosts: usize) -> Fleet {
+        Fleet::boot(name, hosts, true)
+    }
+
+    fn boot(name: &str, hosts: usize, state: bool) -> Fleet {
         let lab = Lab::up(&UpOptions {
             name: name.into(),
             hosts,
+            state,
         })
         .unwrap_or_else(|e| panic!("lab {name} did not come up: {e:#}"))
         .tear_down_on_drop();
