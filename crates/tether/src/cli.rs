@@ -55,6 +55,7 @@ pub enum Command {
     Rollback(commands::rollback::Args),
     History(commands::history::Args),
     Plan(commands::plan::Args),
+    Snapshots(commands::snapshots::Args),
     Completions(commands::completions::Args),
     Man(commands::completions::ManArgs),
 }
@@ -139,6 +140,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Rollback(args) => commands::rollback::run(&ctx, args).await,
         Command::History(args) => commands::history::run(&ctx, args).await,
         Command::Plan(args) => commands::plan::run(&ctx, args).await,
+        Command::Snapshots(args) => commands::snapshots::run(&ctx, args).await,
         Command::Completions(args) => commands::completions::run(&ctx, args).await,
         Command::Man(args) => commands::completions::man(&ctx, args).await,
     }

@@ -19,6 +19,13 @@ impl DeployId {
             && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         ok.then_some(DeployId(id))
     }
+    /// Reads an id as tether prints it (`20261121T084900-1a2b3c`, or a
+    /// derived `…-revert`).
+    pub fn parse(text: &str) -> Option<DeployId> {
+        let (timestamp, rest) = text.split_once('-')?;
+        DeployId::new(timestamp, rest)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

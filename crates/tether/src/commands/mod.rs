@@ -9,4 +9,5 @@ pub mod hosts;
 pub mod init;
 pub mod plan;
 pub mod rollback;
+pub mod snapshots;
 pub mod status;
