@@ -15,7 +15,7 @@ use crate::identity::{self, Expected, Seen};
 use crate::model::{HostName, StorePath, TrialMode};
 use crate::ports::{call, call_streaming, CallError, Conn, RemoteError, Target};
 use crate::remote::plan::{CurrentSystem, HostSystem, UnitFiles};
-use crate::remote::{DryActivate, Preflight, RebootReason, TrialNeeds};
+use crate::remote::{CheckState, DryActivate, Preflight, RebootReason, TrialNeeds};
 use crate::report::IdentityProblem;
 use crate::text::tail;
 use crate::trial_choice::{choose_trial, TrialKind};
@@ -420,6 +420,9 @@ pub struct HostPlan {
     /// Which trial a deploy would give the change (known once the closure
     /// is on the host: `--copy`).
     pub trial: Option<TrialPlan>,
+    /// The pre-deploy snapshots a deploy would take (`<fs> <volume>`; a
+    /// ZFS dataset's children with it).
+    pub snapshots: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -459,6 +462,8 @@ pub struct PlanJob {
     pub force_live: bool,
     pub command_timeout: Duration,
     pub copy_timeout: Duration,
+    /// The host's declared state, snapshotted by a deploy.
+    pub state: crate::spec::StateSpec,
 }
 
 /// Why a host could not be planned.
@@ -472,6 +477,10 @@ pub enum PlanProblem {
     },
     /// A step got no usable answer.
     Step { step: PlanStep, error: String },
+    /// The host cannot honour the inventory's `state`: a deploy is refused.
+    State {
+        problems: Vec<crate::remote::StateProblem>,
+    },
 }
 
 /// The steps of planning a host.
@@ -483,6 +492,7 @@ pub enum PlanStep {
     Copy,
     DryActivate,
     TrialNeeds,
+    CheckState,
 }
 
 impl fmt::Display for PlanStep {
@@ -493,6 +503,7 @@ impl fmt::Display for PlanStep {
             PlanStep::Copy => "copying the closure",
             PlanStep::DryActivate => "dry-activate",
             PlanStep::TrialNeeds => "reading which trial the change needs",
+            PlanStep::CheckState => "checking the state declaration",
         })
     }
 }
@@ -502,6 +513,15 @@ impl fmt::Display for PlanProblem {
         match self {
             PlanProblem::Identity { problem } => problem.fmt(f),
             PlanProblem::Step { step, error } => write!(f, "{step}: {error}"),
+            PlanProblem::State { problems } => write!(
+                f,
+                "{}",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         }
     }
 }
@@ -523,11 +543,12 @@ pub async fn plan_host<T: Target>(target: &T, job: &PlanJob) -> HostPlan {
         closure: None,
         units: None,
         trial: None,
+        snapshots: Vec::new(),
         duration_ms: 0,
     };
     if let Err(problem) = plan_steps(target, job, &mut plan).await {
         plan.status = match problem {
-            PlanProblem::Identity { .. } => PlanStatus::Refused,
+            PlanProblem::Identity { .. } | PlanProblem::State { .. } => PlanStatus::Refused,
             PlanProblem::Step { .. } => PlanStatus::Failed,
         };
         plan.reason = Some(problem.to_string());
@@ -585,6 +606,25 @@ async fn plan_steps<T: Target>(
             changes: UnitChanges::default(),
         });
         return Ok(());
+    }
+
+    if job.state.is_declared() {
+        let op = CheckState {
+            spec: job.state.clone(),
+        };
+        let problems = call(target, &op, Conn::Shared, job.command_timeout)
+            .await
+            .map_err(failed(PlanStep::CheckState))?;
+        if !problems.is_empty() {
+            return Err(PlanProblem::State { problems });
+        }
+        plan.snapshots = job
+            .state
+            .btrfs
+            .iter()
+            .map(|p| format!("btrfs {p}"))
+            .chain(job.state.zfs.iter().map(|d| format!("zfs {d}")))
+            .collect();
     }
 
     let current: HostSystem = call(target, &CurrentSystem, Conn::Shared, job.command_timeout)

@@ -370,8 +370,9 @@ impl Lab {
             lab.wait_all_ready(BOOT_TIMEOUT)?;
             if opts.state {
                 for host in &lab.info.hosts {
-                    lab.exec_sh(&host.name, STATE_LAYOUT)
-                        .with_context(|| format!("{}: creating its subvolume and datasets", host.name))?;
+                    lab.exec_sh(&host.name, STATE_LAYOUT).with_context(|| {
+                        format!("{}: creating its subvolume and datasets", host.name)
+                    })?;
                 }
             }
             Ok(())
@@ -437,7 +438,10 @@ impl Lab {
         let mut state_args = Vec::new();
         if self.info.state {
             state_args.push("--bind=/dev/fuse".to_string());
-            state_args.push(format!("--bind={}:/srv/state", host.dir.join("state").display()));
+            state_args.push(format!(
+                "--bind={}:/srv/state",
+                host.dir.join("state").display()
+            ));
         }
         let child = Command::new("setsid")
             .env("TETHER_LAB_CGROUPS", cgroups.join(" "))
@@ -1092,7 +1096,11 @@ fn prepare_state(h: &LabHost) -> Result<()> {
     let image = h.dir.join("state.btrfs");
     let mnt = h.dir.join("state");
     fs::create_dir_all(&mnt)?;
-    cmd::run(Command::new("truncate").args(["-s", STATE_SIZE]).arg(&image))?;
+    cmd::run(
+        Command::new("truncate")
+            .args(["-s", STATE_SIZE])
+            .arg(&image),
+    )?;
     cmd::run(Command::new("mkfs.btrfs").arg("-q").arg(&image))
         .with_context(|| format!("{}: mkfs.btrfs", h.name))?;
     cmd::run(

@@ -201,6 +201,7 @@ fn job(
             .copy
             .map(Duration::from_secs)
             .unwrap_or(d.copy),
+        state: host.state.clone(),
     }
 }
 
@@ -301,6 +302,12 @@ fn render(plan: &HostPlan) -> String {
             format!("  trial: a deploy would be refused: {reason}")
         }
     });
+    if !plan.snapshots.is_empty() {
+        line(format!(
+            "  snapshots before activation: {}",
+            plan.snapshots.join(", ")
+        ));
+    }
     if let Some(d) = &plan.closure {
         let versions = |v: &[String]| v.join(", ");
         for p in &d.added {

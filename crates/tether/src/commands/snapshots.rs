@@ -95,7 +95,11 @@ async fn list(
     if !skipped.is_empty() && !json {
         eprintln!(
             "no state declared (inventory field state) for: {}",
-            skipped.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+            skipped
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let (_run_dir, targets) =
@@ -189,8 +193,9 @@ async fn restore(
             "{deploy_id:?} is not a deploy id (like 20261121T084900-1a2b3c)"
         ))
     })?;
-    let (_run_dir, targets) = SshTarget::for_hosts(std::slice::from_ref(host), ctx.nix.program(), false)
-        .map_err(CommandError::Output)?;
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(std::slice::from_ref(host), ctx.nix.program(), false)
+            .map_err(CommandError::Output)?;
     let target = targets
         .first()
         .ok_or_else(|| CommandError::Usage("no target".into()))?;

@@ -14,6 +14,7 @@ use tether_core::model::HostName;
 use tether_core::ports::{call, CallError, Conn, RemoteError};
 use tether_core::remote::status::{Generation, HostStatus, LastDeploy, Status};
 
+use tether_core::report::restore_command;
 use tether_core::text::short_store_path;
 
 use crate::adapters::journal::Journal;
@@ -89,6 +90,10 @@ struct Row {
     boot_trial: Option<tether_core::remote::status::BootTrialInfo>,
     /// Runs of the deployer's journal whose outcome this status learnt.
     journal_reconciled: usize,
+    /// The last deploy rolled the system back but left the declared state
+    /// as the trial left it (`restoreOnRollback` off): how to restore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_kept: Option<String>,
 }
 
 impl Row {
@@ -118,6 +123,7 @@ impl Row {
             stale_lock: None,
             boot_trial: None,
             journal_reconciled: 0,
+            data_kept: None,
         }
     }
 
@@ -184,6 +190,19 @@ fn fill(row: &mut Row, host: &Host, s: &HostStatus) {
         .boot_trial
         .clone()
         .filter(|t| t.pending || t.state == "restore-failed");
+    row.data_kept = row
+        .last_deploy
+        .as_ref()
+        .filter(|d| {
+            host.state.is_declared() && !host.state.restores() && d.outcome == "rolled-back"
+        })
+        .map(|d| {
+            format!(
+                "the data is as deploy {} left it; its pre-deploy snapshot restores it: {}",
+                d.deploy_id,
+                restore_command(host.name.as_str(), &d.deploy_id)
+            )
+        });
 }
 
 async fn status_of(
@@ -355,6 +374,9 @@ fn table(rows: &[Row]) -> String {
         }
         if let Some(d) = &r.identity_detail {
             out.push_str(&format!("{}: identity: {d}\n", r.host));
+        }
+        if let Some(d) = &r.data_kept {
+            out.push_str(&format!("{}: state: {d}\n", r.host));
         }
     }
     out
