@@ -48,10 +48,13 @@ pub enum StateAction {
     /// Pre-deploy snapshots taken.
     Snapshotted,
     /// The data was restored with the rollback.
+    #[serde(rename = "data-restored")]
     Restored,
     /// A restore with the rollback failed.
+    #[serde(rename = "data-restore-failed")]
     RestoreFailed,
     /// The system rolled back; the data stayed as the trial left it.
+    #[serde(rename = "data-kept")]
     KeptAsIs,
     /// Old snapshots removed after a confirmed deploy.
     Pruned,
@@ -112,4 +115,24 @@ pub struct Event {
     pub elapsed_ms: u64,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_action_reads_the_same_in_json_and_in_the_journal() {
+        for action in [
+            StateAction::Snapshotted,
+            StateAction::Restored,
+            StateAction::RestoreFailed,
+            StateAction::KeptAsIs,
+            StateAction::Pruned,
+        ] {
+            let json = serde_json::to_value(action).unwrap();
+            assert_eq!(json.as_str(), Some(action.as_str()));
+        }
+    }
 }
