@@ -639,3 +639,63 @@ fn zfs_datasets_and_their_children_are_restored_one_by_one_and_no_other_snapshot
         .detail
         .contains("user-during-trial"));
 }
+
+#[test]
+fn a_failed_reboot_trial_restores_the_data_before_the_old_system_boots() {
+    let f = Fleet::up_with_state("s09", 1);
+    let inv = state(&["/srv/state/db"], &["tank/db"], true, 5);
+    let old = base(&f, BTRFS_DATA, &inv);
+    f.console("host1", "echo before > /tank/db/log/file");
+    let boot_before = f.lab.boot_id("host1").unwrap();
+    // A kernel change (a reboot trial) whose migration breaks the data.
+    host1(
+        &f,
+        "v2",
+        &format!(
+            r#"kernelVersion = "6.9.0-fixture"; {} extraActivation = "echo trial > /tank/db/log/file";"#,
+            db(2, true, BTRFS_DATA)
+        ),
+        &inv,
+    );
+    let run = f.deploy(&["--lease", "5", "--reboot-timeout", "60"]);
+    run.expect_code(1).expect_outcome("host1", "rolled-back");
+    let id = deploy_id(&run);
+    assert!(run.phases("host1").contains(&"booted".to_string()), "{run}");
+    assert_ne!(f.lab.boot_id("host1").unwrap(), boot_before);
+    assert_eq!(f.current("host1"), old);
+    assert_eq!(
+        f.lab.booted_system("host1").unwrap().as_deref(),
+        Some(old.as_str())
+    );
+    // The old system booted on the old data.
+    assert_eq!(schema(&f, BTRFS_DATA), "1");
+    assert!(records(&f, BTRFS_DATA).contains("order-1"));
+    assert_eq!(f.console("host1", "cat /tank/db/log/file"), "before");
+    assert!(
+        db_answer(&f).starts_with("200 schema 1"),
+        "{}",
+        db_answer(&f)
+    );
+    // Restored on the trial boot, before the reboot into the old system.
+    let journal = f.target_journal("host1");
+    let events: Vec<&str> = journal
+        .iter()
+        .filter(|e| e.deploy_id == id)
+        .map(|e| e.event.as_str())
+        .collect();
+    let at = |event: &str| events.iter().position(|e| *e == event);
+    assert!(
+        at("booted") < at("rolling-back")
+            && at("rolling-back") < at("data-restored")
+            && at("data-restored") < at("rolled-back"),
+        "{events:?}"
+    );
+    assert!(entry(&journal, "data-restored")
+        .detail
+        .contains("before rebooting into the previous system"));
+    assert_eq!(
+        run.host("host1")["state"]["data"]["data"],
+        "restored",
+        "{run}"
+    );
+}

@@ -20,9 +20,9 @@ use super::host::Run;
 use crate::model::StorePath;
 use crate::ports::{call_streaming, CallError, Clock, Conn, Probe, Reporter, Target};
 use crate::remote::{
-    AskBootTrial, BootTrialAnswer, BootTrialReply, BootTrialRequest, BootTrialSpec, BootTrialState,
-    Facts, JournalEntry, JournalEvent, LookAtBootTrial, Persist, PersistMode, PrepareBootTrial,
-    PrepareStep, Reboot, RebootReason,
+    restore_bound, AskBootTrial, BootTrialAnswer, BootTrialReply, BootTrialRequest, BootTrialSeen,
+    BootTrialSpec, BootTrialState, Facts, JournalEntry, JournalEvent, LookAtBootTrial, Persist,
+    PersistMode, PrepareBootTrial, PrepareStep, Reboot, RebootReason,
 };
 use crate::report::{
     reboot_reasons_text, BootTrialProblem, Failure, NotPersisted, Outcome, Phase, UnknownReason,
@@ -62,6 +62,7 @@ pub(super) async fn run<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
         lease: job.timeouts.lease,
         first_lease: first_lease(&job.timeouts),
         deployer: job.deployer.clone(),
+        state: job.state.restores().then(|| job.state.clone()),
     };
     run.warn(if reasons.is_empty() {
         "reboot trial (--trial reboot): the host boots the new system once".to_string()
@@ -177,6 +178,7 @@ async fn await_trial_boot<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
                 if let Some(outcome) = identity_changed(run, &seen.machine_id) {
                     return TrialBootWait::Ended(outcome);
                 }
+                keep_restore(run, &seen);
                 on_old_boot =
                     seen.boot_id == boot_before && seen.state == Some(BootTrialState::Prepared);
                 match boot::trial_boot_seen(&seen, boot_before, &spec.new_system, None) {
@@ -198,6 +200,13 @@ async fn await_trial_boot<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
                 },
             });
         }
+    }
+}
+
+/// The guard's restore of the data, once a look shows it, for the report.
+fn keep_restore<T, P, C, R: ?Sized>(run: &Run<'_, T, P, C, R>, seen: &BootTrialSeen) {
+    if seen.restore.is_some() {
+        run.restore.replace(seen.restore.clone());
     }
 }
 
@@ -463,7 +472,8 @@ async fn await_verdict<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     why: BootTrialProblem,
 ) -> Outcome {
     let timeouts = &run.job.timeouts;
-    let wait = first_lease(timeouts) + timeouts.reboot;
+    // A guard restoring data does so before it reboots.
+    let wait = first_lease(timeouts) + timeouts.reboot + restore_bound(&run.job.state);
     let deadline = run.clock.now() + wait;
     let look = LookAtBootTrial {
         deploy_id: spec.deploy_id.clone(),
@@ -471,6 +481,7 @@ async fn await_verdict<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized>(
     loop {
         let last = match run.call(&look, Conn::Fresh, LOOK_CALL).await {
             Ok(seen) => {
+                keep_restore(run, &seen);
                 match boot::trial_boot_seen(&seen, boot_before, &spec.new_system, Some(&why)) {
                     TrialBoot::Over(outcome) => return outcome,
                     TrialBoot::Waiting(last) => last,

@@ -163,7 +163,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             },
         };
         if snapshots {
-            self.after_trial(&outcome, booted_on_trial).await;
+            self.after_trial(&outcome).await;
         }
         let outcome = match (outcome, job.reboot.filter(|_| !booted_on_trial)) {
             (
@@ -242,7 +242,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
 
     /// After a trial that had snapshots: prune when confirmed, say what
     /// became of the data when rolled back.
-    async fn after_trial(&self, outcome: &Outcome, booted_on_trial: bool) {
+    async fn after_trial(&self, outcome: &Outcome) {
         let job = self.job;
         match outcome {
             Outcome::Confirmed { .. } => {
@@ -282,8 +282,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
             }
             Outcome::RolledBack { .. } => {
                 let restore_with = restore_command(job.host.as_str(), job.deploy_id.as_str());
-                // The reboot trial's guard does not restore data (docs/state.md).
-                let data = if !job.state.restores() || booted_on_trial {
+                let data = if !job.state.restores() {
                     DataAfterRollback::KeptAsIs {
                         restore_command: restore_with,
                     }

@@ -156,14 +156,11 @@ exit "$rc"
             None => String::new(),
         };
         let params = params + &state_params;
-        let state_tools = match &spec.state {
-            Some(state) => format!(
-                "{}{}",
-                if state.btrfs.is_empty() { "" } else { " btrfs" },
-                if state.zfs.is_empty() { "" } else { " zfs" }
-            ),
-            None => String::new(),
-        };
+        let state_tools = spec
+            .state
+            .as_ref()
+            .map(super::state::state_tools)
+            .unwrap_or_default();
         format!(
             r#"set -u
 umask 077

@@ -26,6 +26,29 @@ uptime_s() { read -r up _ </proc/uptime; up=${up%%.*}; }
 
 exec 8>>"$dir/state.lock" || { uninstall; exit 0; }
 
+# Puts the declared state back to the deploy's pre-deploy snapshots
+# (state.sh; `restoreOnRollback`), keeping what the trial wrote as a failed
+# state: once per trial, on whichever boot comes first to roll back (the
+# trial boot before it reboots, or the old system's boot after a crash).
+# $1 says when, for the journal.
+restore_data() {
+    [ "${STATE_RESTORE:-no}" = yes ] || return 0
+    [ -e "$dir/restore.rc" ] && return 0
+    state_restore "$deploy" >"$dir/restore.out" 2>"$dir/restore.err"
+    rrc=$?
+    printf '%s\n' "$rrc" >"$dir/restore.rc"
+    summary=
+    while IFS= read -r l; do
+        case "$l" in restored=* | restore_failed=*) summary="$summary${summary:+; }$l" ;; esac
+    done <"$dir/restore.out"
+    summary=$(printf '%s' "$summary" | tr '\t' ' ')
+    if [ "$rrc" = 0 ]; then
+        journal "$E_DATA_RESTORED" "restored $1: $summary"
+    else
+        journal "$E_DATA_RESTORE_FAILED" "restore $1 failed: $summary"
+    fi
+}
+
 # Puts the profile and the boot entries back as they were before the trial
 # and ends it `rolled-back` (or `restore-failed`) with cause $1. Under the
 # state lock.
@@ -100,6 +123,18 @@ if [ "$booted" != "$new" ]; then
     [ -r "$dir/cause" ] && read -r cause <"$dir/cause"
     [ "$st" = "$S_CONFIRMED" ] && cause=confirmed-not-persisted
     [ "$st" = "$S_PREPARED" ] && cause=never-booted
+    # The new system ran unconfirmed (it crashed, or hung and was power
+    # cycled): its data goes back too, as early in this boot as the guard
+    # runs; the declared units, stopped if they started already, are
+    # started again. A confirmed trial's data is the new system's, kept.
+    case "$st" in
+        "$S_BOOTED" | "$S_ROLLING_BACK")
+            if [ "${STATE_RESTORE:-no}" = yes ] && [ ! -e "$dir/restore.rc" ]; then
+                restore_data "as the previous system booted"
+                [ -n "$STATE_UNITS" ] && systemctl start --no-block $STATE_UNITS >/dev/null 2>&1
+            fi
+            ;;
+    esac
     restore "$cause"
     flock -u 8
     exit 0
@@ -164,5 +199,8 @@ while :; do
 done
 
 journal "$E_ROLLING_BACK" "reboot trial not confirmed ($(cat "$dir/cause" 2>/dev/null)): rebooting into the default entry, the previous system"
+# The data first, while the new system still runs (its units are stopped
+# for it): the previous system boots on its own data.
+restore_data "before rebooting into the previous system"
 systemctl reboot || systemctl reboot --force
 exit 0

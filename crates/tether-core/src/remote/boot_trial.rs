@@ -20,10 +20,12 @@ use super::guard::SWITCH_LOCK;
 use super::journal::{JournalEntry, JournalEvent};
 use super::persist::{Persist, PersistReport};
 use super::preflight::{parse_lock_holder, SWITCH_LOCK_PROBE};
+use super::state::{state_settings, state_tools, RestoreReport, STATE_FUNCTIONS};
 use super::wire::{first, parse_fields, ParseError};
 use super::{Op, Operation, ScriptOutput, LOCK_DIR, RESOLVE_FUNCTION, SYSTEM_PROFILE};
 use crate::model::{DeployId, StorePath, Token};
 use crate::shell::quote;
+use crate::spec::StateSpec;
 use crate::text::one_line;
 use serde::Serialize;
 
@@ -234,11 +236,14 @@ pub struct BootTrialSpec {
     /// first see the host back.
     pub first_lease: Duration,
     pub deployer: String,
+    /// The data to restore when the trial rolls back (`restoreOnRollback`).
+    pub state: Option<StateSpec>,
 }
 
 /// The state names, the settings the guard reads from its directory, and
-/// its journal function.
-fn guard_preamble() -> String {
+/// its journal function; with `state`, the data restore's settings and
+/// functions (`state.sh`).
+fn guard_preamble(state: Option<&StateSpec>) -> String {
     let mut s = format!(
         "dir={dir}\nunit_files={units}\nold_root={root}\n",
         dir = quote(BOOT_TRIAL_DIR),
@@ -250,6 +255,17 @@ fn guard_preamble() -> String {
     }
     for event in JournalEvent::ALL {
         s.push_str(&format!("{}={}\n", event.variable(), quote(event.wire())));
+    }
+    match state {
+        Some(spec) => {
+            s.push_str("STATE_RESTORE=yes\n");
+            for (name, value) in state_settings(spec) {
+                s.push_str(&format!("{name}={}\n", quote(&value)));
+            }
+            s.push_str(STATE_FUNCTIONS);
+            s.push('\n');
+        }
+        None => s.push_str("STATE_RESTORE=no\n"),
     }
     s.push_str(
         r#"for v in deploy new old old_gen new_gen created entry first_lease; do
@@ -266,8 +282,8 @@ journal() {
 }
 
 /// The guard script as the host keeps it.
-pub(crate) fn boot_guard_script() -> String {
-    format!("{}{BOOT_GUARD_LOGIC}", guard_preamble())
+pub(crate) fn boot_guard_script(state: Option<&StateSpec>) -> String {
+    format!("{}{BOOT_GUARD_LOGIC}", guard_preamble(state))
 }
 
 /// A here-document delimiter no script of tether's contains.
@@ -418,7 +434,7 @@ old_root={old_root}
 echo "boot_id=$boot"
 answer() {{ echo "prepare=$1"; echo "prepare_end=done"; exit 0; }}
 paths=
-for t in sh flock systemctl systemd-run bootctl nix-env readlink cat mv rm sleep date mkdir; do
+for t in sh flock systemctl systemd-run bootctl nix-env readlink cat mv rm sleep date mkdir {state_tools}; do
     p=$(command -v "$t") || {{ echo "missing=$t"; answer missing-tool; }}
     paths="$paths $p"
 done
@@ -559,7 +575,8 @@ answer ready
             s_one_shot = PrepareStep::OneShot.wire(),
             eof = EOF_MARK,
             existing_gen = spec.generation.map(|g| g.to_string()).unwrap_or_default(),
-            guard = boot_guard_script(),
+            state_tools = spec.state.as_ref().map(state_tools).unwrap_or_default(),
+            guard = boot_guard_script(spec.state.as_ref()),
         )
     }
 
@@ -629,6 +646,8 @@ pub struct BootTrialSeen {
     pub problem: Option<String>,
     /// The trial on the host is this deploy's.
     pub ours: bool,
+    /// The guard's restore of the data, once it ran.
+    pub restore: Option<RestoreReport>,
 }
 
 impl Operation for LookAtBootTrial {
@@ -651,6 +670,8 @@ st=missing; read -r st 2>/dev/null <"$dir/state"
 echo "state=$st"
 c=; read -r c 2>/dev/null <"$dir/cause"; echo "cause=$c"
 p=; read -r p 2>/dev/null <"$dir/problem"; echo "problem=$p"
+rrc=; read -r rrc 2>/dev/null <"$dir/restore.rc"; echo "restore_rc=$rrc"
+[ -n "$rrc" ] && cat "$dir/restore.out" 2>/dev/null
 echo "look=done"
 "#,
             dir = quote(BOOT_TRIAL_DIR),
@@ -667,6 +688,8 @@ echo "look=done"
             ));
         }
         let ours = first(&f, "ours") == Some("yes");
+        let restore = (ours && first(&f, "restore_rc").is_some_and(|rc| !rc.is_empty()))
+            .then(|| RestoreReport::from_fields(&f));
         Ok(BootTrialSeen {
             boot_id: first(&f, "boot_id").unwrap_or_default().to_string(),
             machine_id: first(&f, "machine_id").unwrap_or_default().to_string(),
@@ -676,6 +699,7 @@ echo "look=done"
             cause: first(&f, "cause").and_then(BootTrialCause::parse),
             problem: first(&f, "problem").map(|p| one_line(p).to_string()),
             ours,
+            restore,
         })
     }
 }

@@ -40,6 +40,19 @@ pub fn restore_bound(spec: &StateSpec) -> Duration {
     UNIT_STOP + Duration::from_secs(60) + copy
 }
 
+/// The tools a guard's restore calls, for its resolved PATH (each word
+/// with a leading space).
+pub(crate) fn state_tools(spec: &StateSpec) -> String {
+    let mut tools = String::from(" timeout tr sort head date mkdir mv");
+    if !spec.btrfs.is_empty() {
+        tools.push_str(" btrfs");
+    }
+    if !spec.zfs.is_empty() {
+        tools.push_str(" zfs");
+    }
+    tools
+}
+
 /// The settings `state.sh` reads, as shell assignments (each value quoted).
 pub(crate) fn state_settings(spec: &StateSpec) -> Vec<(&'static str, String)> {
     let words = |items: Vec<&str>| items.join(" ");

@@ -170,6 +170,7 @@ fn boot_spec() -> BootTrialSpec {
         lease: Duration::from_secs(15),
         first_lease: Duration::from_secs(45),
         deployer: s.deployer,
+        state: Some(state()),
     }
 }
 
@@ -215,7 +216,8 @@ fn every_operation_is_valid_sh_even_with_quotes_in_values() {
     }
     // Also the guards themselves.
     assert_parses_as_sh(&guard::guard_script());
-    assert_parses_as_sh(&boot_trial::boot_guard_script());
+    assert_parses_as_sh(&boot_trial::boot_guard_script(None));
+    assert_parses_as_sh(&boot_trial::boot_guard_script(Some(&state())));
 }
 
 #[test]
