@@ -699,3 +699,53 @@ fn a_failed_reboot_trial_restores_the_data_before_the_old_system_boots() {
         "{run}"
     );
 }
+
+#[test]
+fn a_crash_during_a_reboot_trial_restores_the_data_as_the_old_system_boots() {
+    let f = Fleet::up_with_state("s10", 1);
+    let inv =
+        state(&["/srv/state/db"], &[], true, 5).replace("checkTimeout = 4;", "checkTimeout = 120;");
+    let old = base(&f, BTRFS_DATA, &inv);
+    host1(
+        &f,
+        "v2",
+        &format!(
+            r#"kernelVersion = "6.9.0-fixture"; {}"#,
+            db(2, true, BTRFS_DATA)
+        ),
+        &inv,
+    );
+    f.systems();
+    let mut live = LiveRun::start(f.spawn_deploy(&[
+        "--lease",
+        "5",
+        "--reboot-timeout",
+        "60",
+        "--confirm-timeout",
+        "5",
+    ]));
+    // The trial boot migrated the data and its checks fail: PID 1 dies.
+    live.wait_for(Duration::from_secs(120), |v| {
+        v["event"] == "check" && v["check"] == "db" && v["passed"] == false
+    });
+    assert_eq!(schema(&f, BTRFS_DATA), "2");
+    f.lab.crash("host1").unwrap();
+    let run = live.finish();
+    run.expect_outcome("host1", "rolled-back");
+    let id = deploy_id(&run);
+    assert_eq!(f.current("host1"), old);
+    common::wait_until(Duration::from_secs(30), "the db on the old data", || {
+        db_answer(&f).starts_with("200 schema 1")
+    });
+    assert_eq!(schema(&f, BTRFS_DATA), "1");
+    assert!(records(&f, BTRFS_DATA).contains("order-1"));
+    let journal = f.target_journal("host1");
+    let restored = journal
+        .iter()
+        .find(|e| e.deploy_id == id && e.event == "data-restored")
+        .unwrap_or_else(|| panic!("no data-restored: {journal:#?}"));
+    assert!(
+        restored.detail.contains("as the previous system booted"),
+        "{restored:?}"
+    );
+}
