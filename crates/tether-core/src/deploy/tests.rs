@@ -11,11 +11,11 @@ use crate::ports::{
 };
 use crate::remote::{
     ArmAndActivate, Confirm, GuardSpec, JournalEntry, JournalEvent, Op, Operation, Persist,
-    PersistMode, Script,
+    PersistMode, Script, StateProblem,
 };
 use crate::report::{
-    CheckFailure, Event, EventKind, HostReport, IdentityProblem, NotPersisted, Outcome,
-    PersistProblem, Phase, Refusal, RollbackReason, TrialProblem, UnknownReason,
+    CheckFailure, DataAfterRollback, Event, EventKind, HostReport, IdentityProblem, NotPersisted,
+    Outcome, PersistProblem, Phase, Refusal, RollbackReason, TrialProblem, UnknownReason,
 };
 use crate::spec::{Check, CheckKind, CheckTarget, FailedUnits, HostChecks, HttpCheck, Timeouts};
 use std::cell::{Cell, RefCell};
@@ -55,6 +55,8 @@ struct Fake {
     started: Cell<Option<tokio::time::Instant>>,
     /// What arming prints instead of `arm=armed` (then nothing activates).
     arm_refusal: Option<String>,
+    /// What the state operations print (`state.sh`), by operation.
+    state_ops: Vec<(Op, String)>,
 }
 
 fn preflight(current: &str, profile: &str) -> String {
@@ -86,6 +88,7 @@ impl Fake {
             renewals: RefCell::new(Vec::new()),
             started: Cell::new(None),
             arm_refusal: None,
+            state_ops: Vec::new(),
         }
     }
     fn called(&self, what: &str) -> bool {
@@ -144,7 +147,13 @@ impl Target for Fake {
                 self.renewals.borrow_mut().push(start.elapsed());
             }
         }
+        let state_answer = self
+            .state_ops
+            .iter()
+            .find(|(op, _)| *op == script.op)
+            .map(|(_, out)| out.clone());
         let result = match kind {
+            _ if state_answer.is_some() => ok(&state_answer.unwrap_or_default()),
             // After a persisted deploy the host runs (and boots) the new system.
             "preflight" if self.called("persist") => self
                 .preflight
@@ -1364,4 +1373,174 @@ fn a_host_whose_system_changed_since_the_preflight_is_refused_untouched() {
         }
     );
     assert!(!fake.called("confirm") && !fake.called("ask-rollback"));
+}
+
+/// host1's job with one btrfs subvolume declared.
+fn job_with_state(restore: bool) -> HostJob {
+    let mut job = job(Goal::Switch);
+    job.state = crate::spec::StateSpec {
+        btrfs: vec!["/srv/db".parse().unwrap()],
+        restore_on_rollback: restore,
+        ..Default::default()
+    };
+    job
+}
+
+fn run_job(fake: &Fake, job: &HostJob) -> HostReport {
+    futures::executor::block_on(run_host(
+        job,
+        fake,
+        &FakeProbe::default(),
+        &VirtualClock::default(),
+        &Recorder::default(),
+        Duration::ZERO,
+    ))
+}
+
+fn ops(fake: &Fake) -> Vec<Op> {
+    fake.requests.borrow().iter().map(|r| r.op).collect()
+}
+
+const SNAPPED: &str = "snap=btrfs /srv/db 20261121T084900-abc123.pre-deploy /srv/.tether-snapshots/db/20261121T084900-abc123.pre-deploy\ntake=done\n";
+
+#[test]
+fn a_declared_volume_the_host_lacks_refuses_the_deploy_before_the_copy() {
+    let fake = Fake {
+        state_ops: vec![(
+            Op::CheckState,
+            "problem=no-path /srv/db\ncheck=done\n".into(),
+        )],
+        ..Fake::healthy()
+    };
+    let report = run_job(&fake, &job_with_state(true));
+    match &report.outcome {
+        Outcome::Refused {
+            reason: Refusal::State { problems },
+        } => assert_eq!(problems, &vec![StateProblem::NoPath("/srv/db".into())]),
+        other => panic!("{other:?}"),
+    }
+    assert!(report.outcome.reason().unwrap().contains("state.btrfs"));
+    assert!(!fake.called("copy") && !fake.called("activate"));
+}
+
+#[test]
+fn a_failed_snapshot_refuses_the_deploy_after_the_copy_and_before_arming() {
+    let fake = Fake {
+        state_ops: vec![
+            (Op::CheckState, "check=done\n".into()),
+            (
+                Op::TakeSnapshots,
+                "take_failed=btrfs /srv/db No space left on device\ntake=done\n".into(),
+            ),
+        ],
+        ..Fake::healthy()
+    };
+    let report = run_job(&fake, &job_with_state(true));
+    assert!(
+        matches!(
+            &report.outcome,
+            Outcome::Refused { reason: Refusal::SnapshotFailed { failure } } if failure.why.contains("No space")
+        ),
+        "{:?}",
+        report.outcome
+    );
+    assert!(fake.called("copy"));
+    assert!(!fake.called("activate"));
+}
+
+#[test]
+fn snapshots_come_after_the_trial_choice_and_before_arming_and_a_confirmation_prunes() {
+    let fake = Fake {
+        state_ops: vec![
+            (Op::CheckState, "check=done\n".into()),
+            (Op::TakeSnapshots, SNAPPED.into()),
+            (
+                Op::PruneSnapshots,
+                "pruned=btrfs /srv/db 20261120T000000-000000.pre-deploy\nprune=done\n".into(),
+            ),
+        ],
+        ..Fake::healthy()
+    };
+    let report = run_job(&fake, &job_with_state(false));
+    assert!(
+        matches!(report.outcome, Outcome::Confirmed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let order = ops(&fake);
+    let at = |op: Op| order.iter().position(|o| *o == op).unwrap();
+    assert!(at(Op::CheckState) < at(Op::TrialNeeds), "{order:?}");
+    assert!(at(Op::TrialNeeds) < at(Op::TakeSnapshots), "{order:?}");
+    assert!(at(Op::TakeSnapshots) < at(Op::ArmAndActivate), "{order:?}");
+    assert!(at(Op::ArmAndActivate) < at(Op::PruneSnapshots), "{order:?}");
+    let state = report.state.unwrap();
+    assert_eq!(state.snapshots.len(), 1);
+    assert_eq!(state.pruned.unwrap().pruned.len(), 1);
+    assert_eq!(state.data, None);
+}
+
+#[test]
+fn a_rollback_without_restore_says_the_data_was_kept_and_how_to_restore_it() {
+    let fake = Fake {
+        activation: Activation::Exit(4),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=x\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        state_ops: vec![
+            (Op::CheckState, "check=done\n".into()),
+            (Op::TakeSnapshots, SNAPPED.into()),
+        ],
+        ..Fake::healthy()
+    };
+    let job = job_with_state(false);
+    let report = run_job(&fake, &job);
+    assert!(
+        matches!(report.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let data = report.state.unwrap().data.unwrap();
+    assert_eq!(
+        data,
+        DataAfterRollback::KeptAsIs {
+            restore_command: format!("tether snapshots restore --on web1 {}", job.deploy_id)
+        }
+    );
+    assert!(!ops(&fake).contains(&Op::PruneSnapshots));
+}
+
+#[test]
+fn a_rollback_with_restore_reports_what_the_guard_restored() {
+    let fake = Fake {
+        activation: Activation::Exit(4),
+        inspect: RefCell::new(
+            vec![Ok(format!(
+                "current={OLD}\nboot_id=boot1\nstate=rolled-back\nreason=x\nrestore_rc=0\nrestored=btrfs /srv/db /srv/.tether-snapshots/db/x.failed-state.1\ninspect=done\n"
+            ))]
+            .into(),
+        ),
+        state_ops: vec![
+            (Op::CheckState, "check=done\n".into()),
+            (Op::TakeSnapshots, SNAPPED.into()),
+        ],
+        ..Fake::healthy()
+    };
+    let report = run_job(&fake, &job_with_state(true));
+    assert!(
+        matches!(report.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        report.outcome
+    );
+    match report.state.unwrap().data.unwrap() {
+        DataAfterRollback::Restored { report } => {
+            assert_eq!(
+                report.restored[0].failed_state,
+                "/srv/.tether-snapshots/db/x.failed-state.1"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }
