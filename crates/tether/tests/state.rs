@@ -471,7 +471,7 @@ fn a_declared_volume_that_does_not_exist_is_refused_before_anything_changes() {
         &f,
         "v2",
         &db(1, false, BTRFS_DATA),
-        &state(&["/srv/state/nope", "/srv/state"], &["tank/nope"], true, 5),
+        &state(&["/srv/state/nope"], &["tank/nope"], true, 5),
     );
     let new = f.systems()["host1"].clone();
     let run = f.deploy(&[]);
@@ -484,22 +484,35 @@ fn a_declared_volume_that_does_not_exist_is_refused_before_anything_changes() {
         "{reason}"
     );
     assert!(
-        reason.contains("state.btrfs: /srv/state is a mount point"),
-        "{reason}"
-    );
-    assert!(
         reason.contains("state.zfs: no dataset tank/nope"),
         "{reason}"
     );
     assert_eq!(f.current("host1"), old);
     assert!(!f.has_path("host1", &new), "nothing was copied");
     assert!(!f.has_path("host1", "/srv/state/.tether-snapshots"));
+    // A subvolume that is a mount point could not be swapped by a rename.
+    host1(
+        &f,
+        "v2",
+        &db(1, false, BTRFS_DATA),
+        &state(&["/srv/state"], &[], true, 5),
+    );
+    let run = f.deploy(&[]);
+    run.expect_code(1).expect_outcome("host1", "refused");
+    assert!(
+        run.reason("host1")
+            .contains("state.btrfs: /srv/state is a mount point"),
+        "{run}"
+    );
+    assert_eq!(f.current("host1"), old);
     // Input that is not a path or a dataset at all never reaches a host.
     for (field, bad) in [
         ("state.btrfs", r#"state.btrfs = [ "var/lib/db" ];"#),
         ("state.zfs", r#"state.zfs = [ "tank" ];"#),
         ("state.units", r#"state.units = [ "postgresql" ];"#),
         ("state.keep", r#"state.keep = 0;"#),
+        ("state.btrfs", r#"state.btrfs = [ "/srv/a" "/srv/a/b" ];"#),
+        ("state.units", r#"state.units = [ "system.slice" ];"#),
     ] {
         host1(&f, "v3", "", bad);
         let out = f.tether(&["hosts"]);

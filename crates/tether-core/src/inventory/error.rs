@@ -88,6 +88,10 @@ pub enum Problem {
     Empty,
     #[error("{n} is out of range ({min}..{max})")]
     CountOutOfRange { n: u64, min: u64, max: u64 },
+    /// Two declared state volumes where one contains the other: restoring
+    /// the outer one would move the inner one's live data away.
+    #[error("{inner} lies inside {outer}: declare volumes that do not contain each other")]
+    NestedState { outer: String, inner: String },
     #[error("not allowed in a {kind} check (it takes: {fields})")]
     FieldOfOtherType {
         kind: &'static str,

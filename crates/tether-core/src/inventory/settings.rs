@@ -14,8 +14,9 @@
 use std::time::Duration;
 
 use super::checks::{read_checks, CheckMap};
+use super::error::Problem;
 use super::fields::Fields;
-use crate::model::{SshUser, Tag, TrialMode};
+use crate::model::{Dataset, SshUser, StatePath, Tag, TrialMode};
 use crate::spec::{FailedUnits, HostChecks, StateSettings, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,9 +69,31 @@ impl Settings {
         let Some(mut inner) = fields.nested("state", value, Self::STATE_FIELDS) else {
             return StateSettings::default();
         };
+        let btrfs: Vec<StatePath> = inner.parsed_list("btrfs").unwrap_or_default();
+        let zfs: Vec<Dataset> = inner.parsed_list("zfs").unwrap_or_default();
+        let btrfs_names: Vec<&str> = btrfs.iter().map(StatePath::as_str).collect();
+        if let Some((outer, inner_one)) = nested_pair(&btrfs_names) {
+            inner.error(
+                "btrfs",
+                Problem::NestedState {
+                    outer,
+                    inner: inner_one,
+                },
+            );
+        }
+        let zfs_names: Vec<&str> = zfs.iter().map(Dataset::as_str).collect();
+        if let Some((outer, inner_one)) = nested_pair(&zfs_names) {
+            inner.error(
+                "zfs",
+                Problem::NestedState {
+                    outer,
+                    inner: inner_one,
+                },
+            );
+        }
         let state = StateSettings {
-            btrfs: inner.parsed_list("btrfs").unwrap_or_default(),
-            zfs: inner.parsed_list("zfs").unwrap_or_default(),
+            btrfs,
+            zfs,
             units: inner.parsed_list("units").unwrap_or_default(),
             restore_on_rollback: inner.bool("restoreOnRollback"),
             keep: inner
@@ -210,5 +233,36 @@ mod tests {
         assert_eq!(merged.ssh_user, Some("deploy".parse().expect("user")));
         assert_eq!(merged.ssh_port, Some(22));
         assert_eq!(merged.tags, tags(&["all", "eu", "web"]));
+    }
+}
+
+/// Two of `names` (paths or datasets, `/`-separated) where the second lies
+/// inside the first (or both are the same).
+fn nested_pair(names: &[&str]) -> Option<(String, String)> {
+    names.iter().enumerate().find_map(|(i, a)| {
+        names.iter().enumerate().find_map(|(j, b)| {
+            let inside = b
+                .strip_prefix(a)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            (i != j && inside).then(|| (a.to_string(), b.to_string()))
+        })
+    })
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::nested_pair;
+
+    #[test]
+    fn a_volume_inside_another_is_found_and_a_sibling_is_not() {
+        assert_eq!(
+            nested_pair(&["/srv/db", "/srv/db/wal"]),
+            Some(("/srv/db".into(), "/srv/db/wal".into()))
+        );
+        assert_eq!(
+            nested_pair(&["tank/db/log", "tank/db"]),
+            Some(("tank/db".into(), "tank/db/log".into()))
+        );
+        assert_eq!(nested_pair(&["/srv/db", "/srv/db2", "tank/dbx"]), None);
     }
 }

@@ -45,6 +45,14 @@ impl FromStr for StatePath {
         if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("it must not contain whitespace or control characters"));
         }
+        // A shell would expand them as patterns, a unit file would need
+        // them escaped: not in a path tether names on the host.
+        if trimmed
+            .chars()
+            .any(|c| matches!(c, '*' | '?' | '[' | ']' | '$' | '`' | '"' | '\'' | '\\'))
+        {
+            return Err(bad("it must not contain * ? [ ] $ ` \" ' or \\"));
+        }
         for part in trimmed[1..].split('/') {
             match part {
                 "" => return Err(bad("it has an empty component ('//')")),
@@ -134,19 +142,9 @@ impl UnitName {
     }
 }
 
-const UNIT_SUFFIXES: &[&str] = &[
-    ".service",
-    ".socket",
-    ".target",
-    ".mount",
-    ".automount",
-    ".timer",
-    ".path",
-    ".slice",
-    ".scope",
-    ".swap",
-    ".device",
-];
+/// The unit types that run something writing state. Stopping a slice,
+/// target or mount before a restore could stop the guard doing it.
+const UNIT_SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".path"];
 
 impl FromStr for UnitName {
     type Err = ValueError;
@@ -220,5 +218,22 @@ mod tests {
         for bad in ["postgresql", ".service", "a b.service", "x;rm.service"] {
             assert!(bad.parse::<UnitName>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn paths_a_shell_would_expand_and_units_that_are_not_services_are_refused() {
+        for bad in [
+            "/srv/db*",
+            "/srv/$HOME",
+            "/srv/`x`",
+            "/srv/a'b",
+            "/srv/db[1]",
+        ] {
+            assert!(bad.parse::<StatePath>().is_err(), "{bad}");
+        }
+        for bad in ["system.slice", "multi-user.target", "srv.mount"] {
+            assert!(bad.parse::<UnitName>().is_err(), "{bad}");
+        }
+        assert!("postgresql.socket".parse::<UnitName>().is_ok());
     }
 }

@@ -131,7 +131,9 @@ if [ "$booted" != "$new" ]; then
         "$S_BOOTED" | "$S_ROLLING_BACK")
             if [ "${STATE_RESTORE:-no}" = yes ] && [ ! -e "$dir/restore.rc" ]; then
                 restore_data "as the previous system booted"
-                [ -n "$STATE_UNITS" ] && systemctl start --no-block $STATE_UNITS >/dev/null 2>&1
+                # Stopping them also stopped what requires them: the boot's
+                # target brings all of it back.
+                [ -n "$STATE_UNITS" ] && systemctl start --no-block $STATE_UNITS default.target >/dev/null 2>&1
             fi
             ;;
     esac

@@ -528,7 +528,7 @@ mkdir -p "${{wants%/*}}" || {{ undo; fail {s_guard} "mkdir ${{wants%/*}}" "$undo
     echo "Description=tether reboot trial guard (deploy {deploy})"
     echo "DefaultDependencies=no"
     echo "After=local-fs.target"
-    echo "RequiresMountsFor=$dir /boot"
+    echo "RequiresMountsFor=$dir /boot"{state_mounts}
     echo "Before=shutdown.target"
     echo "Conflicts=shutdown.target"
     echo "IgnoreOnIsolate=yes"
@@ -576,6 +576,17 @@ answer ready
             eof = EOF_MARK,
             existing_gen = spec.generation.map(|g| g.to_string()).unwrap_or_default(),
             state_tools = spec.state.as_ref().map(state_tools).unwrap_or_default(),
+            // A restore as the old system boots needs the subvolumes mounted
+            // (validated paths: no whitespace, nothing a shell expands).
+            state_mounts = spec
+                .state
+                .as_ref()
+                .map(|s| s
+                    .btrfs
+                    .iter()
+                    .map(|p| quote(&format!(" {p}")))
+                    .collect::<String>())
+                .unwrap_or_default(),
             guard = boot_guard_script(spec.state.as_ref()),
         )
     }

@@ -231,6 +231,9 @@ pub enum StateProblem {
     /// The subvolume is a mount point: a restore could not swap it.
     MountPoint(String),
     NoDataset(String),
+    /// `<inner> inside <outer>`: one declared volume contains another (the
+    /// merge of defaults and host declared both).
+    Nested(String),
     /// A problem this tether does not know.
     Other(String),
 }
@@ -245,6 +248,7 @@ impl StateProblem {
             "not-subvolume" => StateProblem::NotSubvolume(what),
             "mount-point" => StateProblem::MountPoint(what),
             "no-dataset" => StateProblem::NoDataset(what),
+            "nested" => StateProblem::Nested(what),
             _ => StateProblem::Other(line.to_string()),
         }
     }
@@ -263,6 +267,10 @@ impl fmt::Display for StateProblem {
                 "state.btrfs: {p} is a mount point; declare the subvolume's path inside its filesystem's mounted top level, so that a restore can swap it"
             ),
             StateProblem::NoDataset(d) => write!(f, "state.zfs: no dataset {d} on the host"),
+            StateProblem::Nested(what) => write!(
+                f,
+                "state: {what}; declare volumes that do not contain each other"
+            ),
             StateProblem::Other(s) => write!(f, "state: {s}"),
         }
     }

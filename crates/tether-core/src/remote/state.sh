@@ -31,6 +31,9 @@ state_check() {
             echo "problem=missing-tool btrfs"
         else
             for p in $STATE_BTRFS; do
+                for o in $STATE_BTRFS; do
+                    case "$p" in "$o"/*) echo "problem=nested $p inside $o" ;; esac
+                done
                 if [ ! -d "$p" ]; then echo "problem=no-path $p"
                 elif ! btrfs subvolume show "$p" >/dev/null 2>&1; then echo "problem=not-subvolume $p"
                 elif mountpoint -q "$p" 2>/dev/null; then echo "problem=mount-point $p"
@@ -43,15 +46,19 @@ state_check() {
             echo "problem=missing-tool zfs"
         else
             for d in $STATE_ZFS; do
+                for o in $STATE_ZFS; do
+                    case "$d" in "$o"/*) echo "problem=nested $d inside $o" ;; esac
+                done
                 zfs_has "$d" || echo "problem=no-dataset $d"
             done
         fi
     fi
 }
 
-# state_take ID: one read-only snapshot per subvolume, one atomic recursive
-# snapshot per dataset. Prints `snap=...` per snapshot; on a failure
-# `take_failed=<fs> <volume> <why>`, and returns 1.
+# state_take ID: one read-only snapshot per subvolume, one recursive
+# snapshot of all datasets (one per dataset where zfs takes one name only).
+# Prints `snap=...` per snapshot; on a failure `take_failed=<fs> <volume>
+# <why>`, and returns 1.
 state_take() {
     for p in $STATE_BTRFS; do
         snapdir "$p"
@@ -62,13 +69,32 @@ state_take() {
         fi
         echo "snap=btrfs $p $1.pre-deploy $s"
     done
+    todo=
     for d in $STATE_ZFS; do
-        s="$d@tether-$1-pre-deploy"
-        if ! zfs_has "$s"; then
-            out=$(zfs snapshot -r -o tether:kind=pre-deploy -o tether:deploy="$1" "$s" 2>&1) || {
-                echo "take_failed=zfs $d $(last_line "$out")"; return 1; }
-        fi
-        echo "snap=zfs $d tether-$1-pre-deploy $s"
+        zfs_has "$d@tether-$1-pre-deploy" || todo="$todo $d@tether-$1-pre-deploy"
+    done
+    if [ -n "$todo" ]; then
+        # One command: OpenZFS snapshots all the datasets in one
+        # transaction group, so data and log datasets agree.
+        out=$(zfs snapshot -r -o tether:kind=pre-deploy -o tether:deploy="$1" $todo 2>&1) || {
+            case "$out" in
+                *"too many arguments"*)
+                    # zfs-fuse takes one name at a time: each tree is
+                    # atomic, the trees are not (docs/state.md).
+                    for s in $todo; do
+                        out=$(zfs snapshot -r -o tether:kind=pre-deploy -o tether:deploy="$1" "$s" 2>&1) || {
+                            echo "take_failed=zfs ${s%@*} $(last_line "$out")"; return 1; }
+                    done
+                    ;;
+                *)
+                    for s in $todo; do break; done
+                    echo "take_failed=zfs ${s%@*} $(last_line "$out")"; return 1
+                    ;;
+            esac
+        }
+    fi
+    for d in $STATE_ZFS; do
+        echo "snap=zfs $d tether-$1-pre-deploy $d@tether-$1-pre-deploy"
     done
 }
 
@@ -106,12 +132,17 @@ state_restore() {
     for p in $STATE_BTRFS; do
         snapdir "$p"
         [ -d "$sd/$id.pre-deploy" ] || { echo "restore_failed=btrfs $p no pre-deploy snapshot of deploy $id"; return 1; }
+        [ -d "$p" ] || { echo "restore_failed=btrfs $p is missing; restore it by hand from $sd"; return 1; }
+        # A restore cut off between its two renames left this: never guess.
+        [ ! -e "$p.tether-restore-$id" ] || {
+            echo "restore_failed=btrfs $p an earlier restore left $p.tether-restore-$id; finish or remove it by hand"; return 1; }
     done
     for d in $STATE_ZFS; do
         zfs_has "$d@tether-$id-pre-deploy" || { echo "restore_failed=zfs $d no pre-deploy snapshot of deploy $id"; return 1; }
         # A rollback destroys every newer snapshot: refuse when one is not
         # a failed state's, naming it.
-        for ds in $(zfs_tree "$d"); do
+        while IFS= read -r ds; do
+            [ -n "$ds" ] || continue
             zfs_has "$ds@tether-$id-pre-deploy" || continue
             newer=$(zfs list -H -t snapshot -o name -d 1 "$ds" 2>/dev/null | {
                 seen=; list=
@@ -125,11 +156,22 @@ state_restore() {
                 echo "restore_failed=zfs $d rolling $ds back would destroy the newer snapshots$newer; remove them or restore by hand"
                 return 1
             fi
-        done
+        done <<EOT
+$(zfs_tree "$d")
+EOT
     done
     if [ -n "$STATE_UNITS" ]; then
-        timeout -k 5 "$STOP_SECONDS" systemctl stop $STATE_UNITS >/dev/null 2>&1 ||
-            echo "warning=stopping $STATE_UNITS failed"
+        timeout -k 5 "$STOP_SECONDS" systemctl stop $STATE_UNITS >/dev/null 2>&1
+        # A unit still running would write past the failed state: nothing
+        # is restored then.
+        for u in $STATE_UNITS; do
+            if systemctl is-active --quiet "$u"; then
+                first=$(for v in $STATE_BTRFS $STATE_ZFS; do echo "$v"; break; done)
+                case "$first" in /*) fs=btrfs ;; *) fs=zfs ;; esac
+                echo "restore_failed=$fs $first $u is still running after ${STOP_SECONDS}s of stopping it; nothing was restored"
+                return 1
+            fi
+        done
     fi
     for p in $STATE_BTRFS; do
         snapdir "$p"
@@ -137,14 +179,15 @@ state_restore() {
         failed="$sd/$id.failed-state.$t"
         out=$(btrfs subvolume snapshot "$sd/$id.pre-deploy" "$fresh" 2>&1) || {
             echo "restore_failed=btrfs $p $(last_line "$out")"; return 1; }
-        out=$(mv "$p" "$failed" 2>&1) || {
+        out=$(mv -T "$p" "$failed" 2>&1) || {
             echo "restore_failed=btrfs $p keeping the failed state: $(last_line "$out") (the restored copy is at $fresh)"; return 1; }
-        out=$(mv "$fresh" "$p" 2>&1) || {
-            mv "$failed" "$p"
+        out=$(mv -T "$fresh" "$p" 2>&1) || {
+            mv -T "$failed" "$p"
             echo "restore_failed=btrfs $p $(last_line "$out")"; return 1; }
         btrfs property set -ts "$failed" ro true >/dev/null 2>&1
         echo "restored=btrfs $p $failed"
     done
+    copy_deadline=$(( $(date +%s) + COPY_SECONDS ))
     for d in $STATE_ZFS; do
         pool=${d%%/*}
         failed="tether-$id-failed-state-$t"
@@ -161,22 +204,34 @@ state_restore() {
         fi
         out=$(zfs create -p -o canmount=off "${copy%/*}" 2>&1)
         zfs_has "${copy%/*}" || { echo "restore_failed=zfs $d $(last_line "$out")"; return 1; }
-        for ds in $(zfs_tree "$d"); do
+        while IFS= read -r ds; do
+            [ -n "$ds" ] || continue
             zfs_has "$ds@$failed" || continue
             rel=${ds#"$d"}
-            out=$({ timeout "$COPY_SECONDS" zfs send "$ds@$failed" | zfs receive -u "$copy$rel"; } 2>&1)
+            left=$(( copy_deadline - $(date +%s) ))
+            [ "$left" -gt 0 ] || { echo "restore_failed=zfs $d copying the failed state took over ${COPY_SECONDS}s"; return 1; }
+            # An encrypted dataset is copied as it is stored (raw), never
+            # as plaintext into an unencrypted tether-failed.
+            raw=
+            case "$(zfs get -H -o value encryption "$ds" 2>/dev/null)" in "" | off | -) ;; *) raw=-w ;; esac
+            out=$({ timeout "$left" zfs send $raw "$ds@$failed" | zfs receive -u "$copy$rel"; } 2>&1)
             zfs_has "$copy$rel@$failed" || {
                 echo "restore_failed=zfs $d copying the failed state of $ds: $(last_line "$out")"; return 1; }
             zfs set tether:source="$ds" "$copy$rel" >/dev/null 2>&1
-        done
-        for ds in $(zfs_tree "$d"); do
+        done <<EOT
+$(zfs_tree "$d")
+EOT
+        while IFS= read -r ds; do
+            [ -n "$ds" ] || continue
             if ! zfs_has "$ds@tether-$id-pre-deploy"; then
                 echo "warning=$ds was created after the snapshot: kept as it is"
                 continue
             fi
             out=$({ zfs destroy "$ds@$failed" && zfs rollback "$ds@tether-$id-pre-deploy"; } 2>&1) || {
                 echo "restore_failed=zfs $d rolling back $ds: $(last_line "$out")"; return 1; }
-        done
+        done <<EOT
+$(zfs_tree "$d")
+EOT
         echo "restored=zfs $d $copy"
     done
 }
@@ -193,8 +248,13 @@ state_prune() {
     for p in $STATE_BTRFS; do
         snapdir "$p"
         for kind in pre-deploy failed-state; do
-            if [ "$kind" = pre-deploy ]; then set -- "$sd"/*.pre-deploy; else set -- "$sd"/*.failed-state.*; fi
-            [ -d "$1" ] || continue
+            if [ "$kind" = pre-deploy ]; then set -- "$sd"/*.pre-deploy
+            else
+                # Oldest first by the time they were kept, not by deploy id:
+                # a restore of an old deploy keeps the newest failed state.
+                set -- $(for s in "$sd"/*.failed-state.*; do [ -d "$s" ] && printf '%s %s\n' "${s##*.}" "$s"; done | sort | while read -r _ s; do printf '%s\n' "$s"; done)
+            fi
+            [ -n "${1:-}" ] && [ -d "$1" ] || continue
             total=$#; i=0
             for s in "$@"; do
                 i=$((i + 1))
@@ -222,7 +282,7 @@ state_prune() {
         done
         set -- $(zfs list -H -o name -d 1 "$pool/tether-failed" 2>/dev/null | while IFS= read -r entry; do
             [ "$entry" = "$pool/tether-failed" ] && continue
-            zfs_has "$entry/${d#*/}" && printf '%s\n' "$entry"; done)
+            zfs_has "$entry/${d#*/}" && printf '%s %s\n' "${entry##*-}" "$entry"; done | sort | while read -r _ e; do printf '%s\n' "$e"; done)
         total=$#; i=0
         for entry in "$@"; do
             i=$((i + 1))

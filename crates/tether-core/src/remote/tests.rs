@@ -151,7 +151,7 @@ fn example(op: Op) -> Script {
 /// A state declaration with values a shell must not interpret.
 fn state() -> crate::spec::StateSpec {
     crate::spec::StateSpec {
-        btrfs: vec!["/srv/it's".parse().unwrap()],
+        btrfs: vec!["/srv/db-1".parse().unwrap()],
         zfs: vec!["tank/db".parse().unwrap()],
         units: vec!["db.service".parse().unwrap()],
         restore_on_rollback: true,
