@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::boot_trial::{BootTrialState, BOOT_TRIAL_DIR};
 use super::journal::JournalEvent;
-use super::wire::{all, finished, parse_fields, ParseError};
-use super::{Op, Operation, ScriptOutput, JOURNAL, LOCK_DIR};
+use super::wire::{all, finished, first, parse_fields, ParseError};
+use super::{Op, Operation, ScriptOutput, JOURNAL, LOCK_DIR, RUN_DIR};
 use crate::model::DeployId;
 use crate::shell::quote;
 use crate::spec::StateSpec;
@@ -477,6 +477,8 @@ impl RestoreReport {
 pub enum RestoreRefusal {
     /// A deploy is on trial (its id).
     TrialInProgress { deploy: String },
+    /// A deploy is arming right now (the host's arm lock stayed taken).
+    DeployArming,
 }
 
 /// `tether snapshots restore`: stops the units, keeps the failed state,
@@ -497,6 +499,11 @@ impl Operation for RestoreSnapshots {
         format!(
             r#"set -u
 umask 077
+# Held for the whole restore: a deploy arming meanwhile waits, then is
+# refused before it activates anything.
+[ -d {run} ] || mkdir -p {run}
+exec 9>>{run}/arm.lock || {{ echo arming=yes; echo restore=done; exit 0; }}
+flock -w 10 9 || {{ echo arming=yes; echo restore=done; exit 0; }}
 holder=; read -r holder 2>/dev/null <{lock}/deploy
 unit=; read -r unit 2>/dev/null <{lock}/unit
 if [ -n "$holder" ] && [ -n "$unit" ] && systemctl is-active --quiet "$unit"; then
@@ -521,6 +528,7 @@ if [ "$rc" = 0 ]; then
 echo restore=done
 "#,
             lock = quote(LOCK_DIR),
+            run = quote(RUN_DIR),
             boot_trial = quote(BOOT_TRIAL_DIR),
             boot_pending = BootTrialState::pending_pattern(),
             preamble = preamble(&self.spec),
@@ -541,6 +549,9 @@ echo restore=done
     fn parse(&self, out: &ScriptOutput) -> Result<Self::Output, ParseError> {
         let f = parse_fields(&out.stdout);
         finished(&f, "restore", "the restore")?;
+        if first(&f, "arming").is_some() {
+            return Ok(Err(RestoreRefusal::DeployArming));
+        }
         if let Some(deploy) = all(&f, "busy").first() {
             return Ok(Err(RestoreRefusal::TrialInProgress {
                 deploy: one_line(deploy),

@@ -218,6 +218,12 @@ async fn restore(
                 host.name
             )))
         }
+        Err(RestoreRefusal::DeployArming) => {
+            return Err(failed(format!(
+                "{}: refused: a deploy is arming on the host; restore after it ended (nothing was changed)",
+                host.name
+            )))
+        }
     };
     let ok = report.succeeded();
     if json {
