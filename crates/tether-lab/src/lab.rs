@@ -1093,6 +1093,16 @@ fi
 /// A state host's btrfs filesystem (a loop device, mounted outside the
 /// container and bound in: there is no losetup inside) and its pool file.
 fn prepare_state(h: &LabHost) -> Result<()> {
+    // zfs-fuse inside the host needs the machine's FUSE device.
+    if !Path::new("/dev/fuse").exists() {
+        let _ = cmd::output(Command::new("modprobe").arg("fuse"));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "{}: /dev/fuse is missing (modprobe fuse failed): the lab's ZFS (zfs-fuse) needs it",
+            h.name
+        );
+    }
     let image = h.dir.join("state.btrfs");
     let mnt = h.dir.join("state");
     fs::create_dir_all(&mnt)?;
