@@ -139,6 +139,7 @@ state_restore() {
     done
     for d in $STATE_ZFS; do
         zfs_has "$d@tether-$id-pre-deploy" || { echo "restore_failed=zfs $d no pre-deploy snapshot of deploy $id"; return 1; }
+        [ -n "$(zfs_tree "$d")" ] || { echo "restore_failed=zfs $d its datasets could not be listed"; return 1; }
         # A rollback destroys every newer snapshot: refuse when one is not
         # a failed state's, naming it.
         while IFS= read -r ds; do
