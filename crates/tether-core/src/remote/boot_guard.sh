@@ -34,19 +34,7 @@ exec 8>>"$dir/state.lock" || { uninstall; exit 0; }
 restore_data() {
     [ "${STATE_RESTORE:-no}" = yes ] || return 0
     [ -e "$dir/restore.rc" ] && return 0
-    state_restore "$deploy" >"$dir/restore.out" 2>"$dir/restore.err"
-    rrc=$?
-    printf '%s\n' "$rrc" >"$dir/restore.rc"
-    summary=
-    while IFS= read -r l; do
-        case "$l" in restored=* | restore_failed=*) summary="$summary${summary:+; }$l" ;; esac
-    done <"$dir/restore.out"
-    summary=$(printf '%s' "$summary" | tr '\t' ' ')
-    if [ "$rrc" = 0 ]; then
-        journal "$E_DATA_RESTORED" "restored $1: $summary"
-    else
-        journal "$E_DATA_RESTORE_FAILED" "restore $1 failed: $summary"
-    fi
+    state_restore_journalled "$dir" "$deploy" "$1"
 }
 
 # Puts the profile and the boot entries back as they were before the trial

@@ -97,19 +97,7 @@ rollback() {
     # a failed state (state.sh). A failed restore leaves the data as it is
     # and does not stop the rollback of the system.
     if [ "${STATE_RESTORE:-no}" = yes ]; then
-        state_restore "$DEPLOY_ID" >"$dir/restore.out" 2>"$dir/restore.err"
-        rrc=$?
-        printf '%s\n' "$rrc" >"$dir/restore.rc"
-        summary=
-        while IFS= read -r l; do
-            case "$l" in restored=* | restore_failed=*) summary="$summary${summary:+; }$l" ;; esac
-        done <"$dir/restore.out"
-        summary=$(printf '%s' "$summary" | tr '\t' ' ')
-        if [ "$rrc" = 0 ]; then
-            journal "$E_DATA_RESTORED" "restored before the rollback: $summary"
-        else
-            journal "$E_DATA_RESTORE_FAILED" "restore before the rollback failed: $summary"
-        fi
+        state_restore_journalled "$dir" "$DEPLOY_ID" "before the rollback"
     fi
     # Bounded: a switch-to-configuration that waits for a lock someone
     # else holds must not keep the host (and the deployer) waiting forever.

@@ -237,6 +237,26 @@ EOT
     done
 }
 
+# state_restore_journalled DIR ID WHEN: a guard's restore. state_restore ID
+# with its output kept in DIR/restore.{out,err,rc} (what the deployer's look
+# reads), then one line in the host's journal through the caller's
+# journal() and E_DATA_* names, saying WHEN it ran.
+state_restore_journalled() {
+    state_restore "$2" >"$1/restore.out" 2>"$1/restore.err"
+    rrc=$?
+    printf '%s\n' "$rrc" >"$1/restore.rc"
+    summary=
+    while IFS= read -r l; do
+        case "$l" in restored=* | restore_failed=*) summary="$summary${summary:+; }$l" ;; esac
+    done <"$1/restore.out"
+    summary=$(printf '%s' "$summary" | tr '\t' ' ')
+    if [ "$rrc" = 0 ]; then
+        journal "$E_DATA_RESTORED" "restored $3: $summary"
+    else
+        journal "$E_DATA_RESTORE_FAILED" "restore $3 failed: $summary"
+    fi
+}
+
 # state_prune KEEP PROTECTED NEWEST_CONFIRMED: removes tether's pre-deploy
 # snapshots beyond the newest KEEP per volume (never one of the deploy ids
 # in PROTECTED), and failed states older than the newest confirmed deploy

@@ -12,8 +12,8 @@ use tether_core::inventory::Host;
 use tether_core::model::{DeployId, HostName};
 use tether_core::ports::{call, Conn};
 use tether_core::remote::{
-    restore_bound, ListSnapshots, PruneReport, PruneSnapshots, RestoreRefusal, RestoreReport,
-    RestoreSnapshots, Snapshot,
+    restore_bound, ListSnapshots, Operation, PruneReport, PruneSnapshots, RestoreRefusal,
+    RestoreReport, RestoreSnapshots, Snapshot,
 };
 
 use crate::adapters::ssh::SshTarget;
@@ -102,29 +102,24 @@ async fn list(
                 .join(", ")
         );
     }
-    let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
-    let answers: Vec<HostSnapshots> = stream::iter(hosts.iter().zip(targets.iter()))
-        .map(|(host, target)| async move {
-            let op = ListSnapshots {
-                spec: host.state.clone(),
-            };
-            match call(target, &op, Conn::Fresh, timeout).await {
-                Ok(snapshots) => HostSnapshots {
-                    host: host.name.clone(),
-                    snapshots,
-                    error: None,
-                },
-                Err(e) => HostSnapshots {
-                    host: host.name.clone(),
-                    snapshots: Vec::new(),
-                    error: Some(e.to_string()),
-                },
-            }
-        })
-        .buffered(20)
-        .collect()
-        .await;
+    let answers: Vec<HostSnapshots> = ask_each(ctx, &hosts, timeout, |host| ListSnapshots {
+        spec: host.state.clone(),
+    })
+    .await?
+    .into_iter()
+    .map(|(host, answer)| match answer {
+        Ok(snapshots) => HostSnapshots {
+            host,
+            snapshots,
+            error: None,
+        },
+        Err(error) => HostSnapshots {
+            host,
+            snapshots: Vec::new(),
+            error: Some(error),
+        },
+    })
+    .collect();
     if json {
         let text = serde_json::to_string_pretty(&answers).map_err(std::io::Error::other)?;
         println!("{text}");
@@ -267,31 +262,27 @@ async fn prune(
     json: bool,
 ) -> Result<(), CommandError> {
     let (hosts, _) = with_state(hosts);
-    let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
-    let answers: Vec<PruneOutcome> = stream::iter(hosts.iter().zip(targets.iter()))
-        .map(|(host, target)| async move {
-            let op = PruneSnapshots {
-                spec: host.state.clone(),
-                keep: keep.unwrap_or(host.state.keep),
-                protect: None,
-            };
-            match call(target, &op, Conn::Fresh, Duration::from_secs(300)).await {
-                Ok(report) => PruneOutcome {
-                    host: host.name.clone(),
-                    report,
-                    error: None,
-                },
-                Err(e) => PruneOutcome {
-                    host: host.name.clone(),
-                    report: PruneReport::default(),
-                    error: Some(e.to_string()),
-                },
-            }
+    let prune_for = |host: &Host| PruneSnapshots {
+        spec: host.state.clone(),
+        keep: keep.unwrap_or(host.state.keep),
+        protect: None,
+    };
+    let answers: Vec<PruneOutcome> = ask_each(ctx, &hosts, Duration::from_secs(300), prune_for)
+        .await?
+        .into_iter()
+        .map(|(host, answer)| match answer {
+            Ok(report) => PruneOutcome {
+                host,
+                report,
+                error: None,
+            },
+            Err(error) => PruneOutcome {
+                host,
+                report: PruneReport::default(),
+                error: Some(error),
+            },
         })
-        .buffered(20)
-        .collect()
-        .await;
+        .collect();
     if json {
         let text = serde_json::to_string_pretty(&answers).map_err(std::io::Error::other)?;
         println!("{text}");
@@ -333,4 +324,27 @@ fn failed(message: String) -> CommandError {
         count: 1,
         what: "not restored",
     }
+}
+
+/// Runs `op_for(host)` on every host over a fresh connection, at most 20 at
+/// once; the answers in the hosts' order, an error as its message.
+async fn ask_each<O: Operation>(
+    ctx: &Context,
+    hosts: &[Host],
+    timeout: Duration,
+    op_for: impl Fn(&Host) -> O,
+) -> Result<Vec<(HostName, Result<O::Output, String>)>, CommandError> {
+    let (_run_dir, targets) =
+        SshTarget::for_hosts(hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+    let op_for = &op_for;
+    Ok(stream::iter(hosts.iter().zip(targets.iter()))
+        .map(|(host, target)| async move {
+            let answer = call(target, &op_for(host), Conn::Fresh, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            (host.name.clone(), answer)
+        })
+        .buffered(20)
+        .collect()
+        .await)
 }
