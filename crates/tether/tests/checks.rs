@@ -34,18 +34,6 @@ fn detail(failed: &Value) -> &str {
     failed["detail"].as_str().unwrap_or("")
 }
 
-/// Waits until the previous deploy's guard has exited and released the
-/// host's deploy lock: it polls every half second, so a deploy started right
-/// after a confirmed one can otherwise be refused as busy.
-fn settle(f: &Fleet) {
-    common::wait_until(Duration::from_secs(10), "the deploy lock", || {
-        f.console(
-            "host1",
-            "test -d /run/tether/lock && echo held || echo free",
-        ) == "free"
-    });
-}
-
 fn assert_confirmed(run: &common::Run) {
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.outcome("host1"), "confirmed", "{run}");
@@ -197,7 +185,7 @@ fn a_unit_failed_before_the_deploy_passes_failed_units_new_but_not_any() {
         restart,
         r#"failedUnits = "any"; checkTimeout = 2;"#,
     );
-    settle(&f);
+    f.settle("host1");
     let run = f.deploy(&[]);
     let failed = assert_rolled_back(&f, &run, &new, "failedUnits");
     assert_eq!(failed["check"], "failedUnits");
@@ -249,7 +237,7 @@ fn deployer_commands_pass_and_fail_with_the_host_in_their_environment() {
         "",
         r#"checkTimeout = 2; checks.local = { type = "command"; on = "deployer"; command = "echo \"no quorum for $TETHER_HOST\" >&2; exit 1"; };"#,
     );
-    settle(&f);
+    f.settle("host1");
     let run = f.deploy(&[]);
     let failed = assert_rolled_back(&f, &run, &v2, "local");
     assert!(
@@ -279,7 +267,7 @@ fn a_host_header_checks_a_name_based_virtual_host_by_ip() {
         services,
         r#"checkTimeout = 2; checks.app = { type = "http"; port = 8080; body = "the app"; };"#,
     );
-    settle(&f);
+    f.settle("host1");
     let run = f.deploy(&[]);
     let failed = assert_rolled_back(&f, &run, &old, "app");
     assert!(detail(&failed).contains("status 404"), "{failed}");

@@ -49,21 +49,9 @@ fn assert_clean(f: &Fleet, host: &str) {
     assert!(f.reachable(host), "{host}: not reachable");
 }
 
-fn deploy_id(run: &Run) -> String {
-    run.summary["deployId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no deploy id: {run}"))
-        .to_string()
-}
-
 /// The host journal's events of this run's deploy, in order.
 fn trial_events(f: &Fleet, host: &str, run: &Run) -> Vec<String> {
-    let id = deploy_id(run);
-    f.target_journal(host)
-        .into_iter()
-        .filter(|e| e.deploy_id == id)
-        .map(|e| e.event)
-        .collect()
+    f.deploy_events(host, &run.deploy_id())
 }
 
 fn position(run: &Run, pred: impl Fn(&Value) -> bool) -> Option<usize> {
@@ -176,7 +164,7 @@ fn a_successful_activation_behind_a_link_drop_is_confirmed_only_after_it_ended()
     );
     // The host's clock: when the wrapper recorded the exit code, when each
     // check attempt ran, when the confirmation was journalled.
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     let ended: f64 = f
         .console(
             "host1",
@@ -891,7 +879,7 @@ fn a_local_user_cannot_block_a_deploy_and_a_held_up_arm_never_arms_late() {
     let run = live.finish();
     assert_ne!(run.code, 0, "{run}");
     assert_ne!(run.outcome("host1"), "confirmed", "{run}");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     // Let the arm go on, long after its deadline.
     f.console("host1", &format!("kill -CONT {frozen}"));
     std::thread::sleep(Duration::from_secs(3));
@@ -1162,7 +1150,7 @@ fn a_journal_locked_by_another_process_does_not_roll_back_a_healthy_host() {
     assert!(!events.contains(&"rolling-back".to_string()), "{events:?}");
     // The record was delayed, not lost: every event of the stream is in
     // the journal, the output written while the lock was held included.
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     let recorded: i64 = db
         .query_row(
             "SELECT count(*) FROM events WHERE run_id = ?1",

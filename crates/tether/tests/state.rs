@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{entry, is_phase, Fleet, LiveRun, Run};
+use common::{entry, is_phase, Fleet, LiveRun};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -39,23 +39,6 @@ fn host1(f: &Fleet, label: &str, system: &str, inventory: &str) {
     f.set_hosts(&format!(
         r#"{{ host1 = {{ label = "{label}"; {system} inventory = {{ {inventory} }}; }}; }}"#
     ));
-}
-
-/// Waits until the previous deploy's guard released the host's lock.
-fn settle(f: &Fleet) {
-    common::wait_until(Duration::from_secs(10), "the deploy lock", || {
-        f.console(
-            "host1",
-            "test -d /run/tether/lock && echo held || echo free",
-        ) == "free"
-    });
-}
-
-fn deploy_id(run: &Run) -> String {
-    run.summary["deployId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no deploy id: {run}"))
-        .to_string()
 }
 
 /// Writes a record through the db service (as an application would).
@@ -121,7 +104,7 @@ fn base(f: &Fleet, data: &str, inventory: &str) -> String {
         .expect_code(0)
         .expect_outcome("host1", "confirmed");
     record(f, "order-1 written before the upgrade");
-    settle(f);
+    f.settle("host1");
     f.current("host1")
 }
 
@@ -134,7 +117,7 @@ fn every_deploy_snapshots_each_volume_and_a_confirmed_one_prunes_to_keep() {
         host1(&f, label, &db(1, false, BTRFS_DATA), &inv);
         let run = f.deploy(&[]);
         run.expect_code(0).expect_outcome("host1", "confirmed");
-        let id = deploy_id(&run);
+        let id = run.deploy_id();
         // One pre-deploy snapshot per declared volume, in the outcome.
         let taken = run.host("host1")["state"]["snapshots"]
             .as_array()
@@ -175,7 +158,7 @@ fn every_deploy_snapshots_each_volume_and_a_confirmed_one_prunes_to_keep() {
             "{journal:#?}"
         );
         ids.push(id);
-        settle(&f);
+        f.settle("host1");
     }
     // keep = 2: the first deploy's snapshots are gone, on every volume and
     // ZFS child; the last two remain.
@@ -238,7 +221,7 @@ fn a_broken_migration_rolls_back_the_system_and_restores_the_old_data() {
     host1(&f, "v2", &db(2, true, BTRFS_DATA), &inv);
     let run = f.deploy(&[]);
     run.expect_code(1).expect_outcome("host1", "rolled-back");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     assert_eq!(run.failed_checks("host1")[0]["check"], "db", "{run}");
     // The old system and the old data: schema 1, the record written before
     // the deploy, nothing the migration wrote.
@@ -277,11 +260,7 @@ fn a_broken_migration_rolls_back_the_system_and_restores_the_old_data() {
         failed.as_str()
     );
     let journal = f.target_journal("host1");
-    let events: Vec<&str> = journal
-        .iter()
-        .filter(|e| e.deploy_id == id)
-        .map(|e| e.event.as_str())
-        .collect();
+    let events = f.deploy_events("host1", &id);
     let restored_at = events.iter().position(|e| *e == "data-restored");
     let rolled_back_at = events.iter().position(|e| *e == "rolled-back");
     assert!(
@@ -331,7 +310,7 @@ fn without_restore_on_rollback_the_data_stays_migrated_and_the_snapshot_is_named
     host1(&f, "v2", &db(2, true, BTRFS_DATA), &inv);
     let run = f.deploy(&[]);
     run.expect_code(1).expect_outcome("host1", "rolled-back");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     // The system is back; the data is as the trial left it.
     assert_eq!(f.current("host1"), old);
     assert_eq!(schema(&f, BTRFS_DATA), "2");
@@ -358,7 +337,7 @@ fn without_restore_on_rollback_the_data_stays_migrated_and_the_snapshot_is_named
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&command), "{text}");
     // And the command does it: old data back, the failed state kept.
-    settle(&f);
+    f.settle("host1");
     let out = f.tether(&["snapshots", "restore", "--on", "host1", &id]);
     assert!(
         out.status.success(),
@@ -385,8 +364,8 @@ fn snapshots_restore_of_a_confirmed_deploy_brings_its_data_back_and_keeps_the_cu
     host1(&f, "v2", &db(2, false, BTRFS_DATA), &inv);
     let run = f.deploy(&[]);
     run.expect_code(0).expect_outcome("host1", "confirmed");
-    let id = deploy_id(&run);
-    settle(&f);
+    let id = run.deploy_id();
+    f.settle("host1");
     record(&f, "order-2 written after the upgrade");
     f.console("host1", "echo after > /tank/db/log/marker");
     let before = zfs_snapshots(&f);
@@ -552,7 +531,7 @@ sync; true"#,
     );
     let run = f.deploy(&[]);
     run.expect_code(1).expect_outcome("host1", "refused");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     assert_eq!(run.cause("host1")["kind"], "snapshot-failed", "{run}");
     let reason = run.reason("host1");
     assert!(
@@ -565,11 +544,7 @@ sync; true"#,
         "{run}"
     );
     let journal = f.target_journal("host1");
-    let events: Vec<&str> = journal
-        .iter()
-        .filter(|e| e.deploy_id == id)
-        .map(|e| e.event.as_str())
-        .collect();
+    let events = f.deploy_events("host1", &id);
     assert_eq!(events, vec!["snapshot-failed"], "{journal:#?}");
 }
 
@@ -599,7 +574,7 @@ fn zfs_datasets_and_their_children_are_restored_one_by_one_and_no_other_snapshot
     );
     let run = f.deploy(&[]);
     run.expect_code(1).expect_outcome("host1", "rolled-back");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     assert_eq!(f.current("host1"), old);
     // Both datasets are back: the parent's schema and the child's file.
     assert_eq!(schema(&f, ZFS_DATA), "1");
@@ -624,7 +599,7 @@ fn zfs_datasets_and_their_children_are_restored_one_by_one_and_no_other_snapshot
     // A snapshot taken after the pre-deploy one (here by the trial itself)
     // would be destroyed by a rollback: tether refuses, names it, destroys
     // nothing, and the system still rolls back.
-    settle(&f);
+    f.settle("host1");
     host1(
         &f,
         "v3",
@@ -672,7 +647,7 @@ fn a_failed_reboot_trial_restores_the_data_before_the_old_system_boots() {
     );
     let run = f.deploy(&["--lease", "5", "--reboot-timeout", "60"]);
     run.expect_code(1).expect_outcome("host1", "rolled-back");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     assert!(run.phases("host1").contains(&"booted".to_string()), "{run}");
     assert_ne!(f.lab.boot_id("host1").unwrap(), boot_before);
     assert_eq!(f.current("host1"), old);
@@ -691,11 +666,7 @@ fn a_failed_reboot_trial_restores_the_data_before_the_old_system_boots() {
     );
     // Restored on the trial boot, before the reboot into the old system.
     let journal = f.target_journal("host1");
-    let events: Vec<&str> = journal
-        .iter()
-        .filter(|e| e.deploy_id == id)
-        .map(|e| e.event.as_str())
-        .collect();
+    let events = f.deploy_events("host1", &id);
     let at = |event: &str| events.iter().position(|e| *e == event);
     assert!(
         at("booted") < at("rolling-back")
@@ -745,7 +716,7 @@ fn a_crash_during_a_reboot_trial_restores_the_data_as_the_old_system_boots() {
     f.lab.crash("host1").unwrap();
     let run = live.finish();
     run.expect_outcome("host1", "rolled-back");
-    let id = deploy_id(&run);
+    let id = run.deploy_id();
     assert_eq!(f.current("host1"), old);
     common::wait_until(Duration::from_secs(30), "the db on the old data", || {
         db_answer(&f).starts_with("200 schema 1")

@@ -110,6 +110,14 @@ impl Run {
                 )
             })
     }
+    /// The run's deploy id (`deployId` in the summary).
+    pub fn deploy_id(&self) -> String {
+        self.summary["deployId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no deploy id: {self}"))
+            .to_string()
+    }
+
     pub fn phases(&self, host: &str) -> Vec<String> {
         self.events
             .iter()
@@ -263,6 +271,24 @@ done </var/lib/tether/journal"#,
                 })
             })
             .collect()
+    }
+
+    /// The events of deploy `id` in the host's journal, in order.
+    pub fn deploy_events(&self, host: &str, id: &str) -> Vec<String> {
+        self.target_journal(host)
+            .into_iter()
+            .filter(|e| e.deploy_id == id)
+            .map(|e| e.event)
+            .collect()
+    }
+
+    /// Waits until the previous deploy's guard has exited and released the
+    /// host's deploy lock: it polls every half second, so a deploy started
+    /// right after a confirmed one can otherwise be refused as busy.
+    pub fn settle(&self, host: &str) {
+        wait_until(Duration::from_secs(10), "the deploy lock", || {
+            self.console(host, "test -d /run/tether/lock && echo held || echo free") == "free"
+        });
     }
 
     /// Whether a new SSH connection to the host's address succeeds.
