@@ -203,6 +203,28 @@ fn every_deploy_snapshots_each_volume_and_a_confirmed_one_prunes_to_keep() {
         text.contains("snapshotted") && text.contains(&format!("tank/db@tether-{}", ids[2])),
         "{text}"
     );
+    // `snapshots prune --keep 1` by hand: only the newest deploy's remain,
+    // on every volume and ZFS child; nothing of anybody else's is touched.
+    f.console("host1", "zfs snapshot tank/db@mine");
+    let out = f.tether(&["snapshots", "prune", "--on", "host1", "--keep", "1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        f.console("host1", "ls /srv/state/.tether-snapshots/db"),
+        format!("{}.pre-deploy", ids[2])
+    );
+    assert_eq!(
+        zfs_snapshots(&f),
+        vec![
+            format!("tank/db@tether-{}-pre-deploy", ids[2]),
+            "tank/db@mine".to_string(),
+            format!("tank/db/log@tether-{}-pre-deploy", ids[2]),
+        ]
+    );
     // plan names what a deploy would snapshot.
     host1(&f, "v4", &db(1, false, BTRFS_DATA), &inv);
     let out = f.tether(&["plan"]);
