@@ -11,7 +11,16 @@
 #   mode = "toplevels": for the hosts named in `hosts`, the drvPath, outPath
 #     and system of each host's system toplevel, in this one evaluation
 #     (as `{ drvPath, outputPath, system }`, or `{ error }`).
-{ flakeRef ? null, file ? null, mode ? "inventory", hosts ? [ ] }:
+#   mode = "variants": for the one host in `hosts`, its toplevel (`plain`)
+#     and its rehearsal variant (`variant`): the configuration's own
+#     `extendModules { modules = [ tether's module ] ++ rehearsal.modules; }`
+#     (defaults' modules first), where tether's module gives it the staging
+#     host's name and records `config.tether.rehearsal` = `rehearsal` (the
+#     production and staging names and addresses) for the user's modules.
+#     `addresses` lists the IP addresses the variant declares (NixOS's
+#     networking.interfaces and systemd.network, or a fixture's), so tether
+#     can refuse a variant that would take production's address.
+{ flakeRef ? null, file ? null, mode ? "inventory", hosts ? [ ], rehearsal ? { } }:
 let
   outputs =
     if flakeRef != null then builtins.getFlake flakeRef
@@ -93,7 +102,67 @@ let
     else { drvPath = top.drvPath; outputPath = top.outPath; system = top.system or null; };
 
   toplevels = builtins.listToAttrs (map (name: { inherit name; value = toplevelOf name; }) hosts);
+
+  tetherModule = { lib, ... }: {
+    options.tether.rehearsal = lib.mkOption {
+      type = lib.types.attrs;
+      default = { };
+      description = "Set by tether in a rehearsal variant: production, staging, address, productionAddress.";
+    };
+    config = {
+      networking.hostName = lib.mkForce rehearsal.staging;
+      tether.rehearsal = rehearsal;
+    };
+  };
+
+  rehearsalModules = name:
+    let
+      fromSet = s:
+        let r = if builtins.isAttrs s then s.rehearsal or { } else { };
+        in if builtins.isAttrs r && builtins.isList (r.modules or null) then r.modules else [ ];
+    in
+    fromSet (outputs.tether.defaults or { }) ++ fromSet (hostSpecs.${name} or { });
+
+  # The addresses a configuration declares, without the prefix length.
+  declaredAddresses = config:
+    let
+      bare = a: builtins.head (builtins.split "/" (toString a));
+      attrValuesOf = v: if builtins.isAttrs v then builtins.attrValues v else [ ];
+      fromInterfaces = builtins.concatMap
+        (i: map (a: a.address) ((i.ipv4 or { }).addresses or [ ] ++ (i.ipv6 or { }).addresses or [ ]))
+        (attrValuesOf ((config.networking or { }).interfaces or { }));
+      fromNetworkd = builtins.concatMap
+        (n: (n.address or [ ])
+          ++ map (a: a.Address or ((a.addressConfig or { }).Address or "")) (n.addresses or [ ]))
+        (attrValuesOf (((config.systemd or { }).network or { }).networks or { }));
+      fromFixture = if config ? fixture && config.fixture ? address then [ config.fixture.address ] else [ ];
+      all = map bare (fromInterfaces ++ fromNetworkd ++ fromFixture);
+      tried = builtins.tryEval (builtins.deepSeq all all);
+    in
+    if tried.success then builtins.filter (a: a != "") tried.value else null;
+
+  variantOf = name:
+    let
+      host = hostSpecs.${name} or null;
+      spec = if builtins.isAttrs host then host.configuration or name else null;
+      resolved = if builtins.isString spec then configs.${spec} or null else spec;
+      plain = toplevelOf name;
+      extended = resolved.extendModules { modules = [ tetherModule ] ++ rehearsalModules name; };
+      top = extended.config.system.build.toplevel or null;
+    in
+    if plain ? error then { error = plain.error; }
+    else if !(builtins.isAttrs resolved && resolved ? extendModules)
+    then { error = "the configuration has no extendModules (nixpkgs.lib.nixosSystem's result has one)"; }
+    else if !(isDerivation top) then { error = "the rehearsal variant has no config.system.build.toplevel derivation"; }
+    else {
+      inherit plain;
+      variant = { drvPath = top.drvPath; outputPath = top.outPath; system = top.system or null; };
+      addresses = declaredAddresses extended.config;
+    };
+
+  variants = builtins.listToAttrs (map (name: { inherit name; value = variantOf name; }) hosts);
 in
 if mode == "inventory" then inventory
 else if mode == "toplevels" then toplevels
+else if mode == "variants" then variants
 else throw "eval-inventory.nix: unknown mode ${mode}"

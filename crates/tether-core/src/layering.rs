@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["ports"],
     &["checks", "identity", "onboard", "rollout", "trial_choice"],
     &["deploy", "plan"],
+    &["rehearsal"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -16,7 +16,8 @@
 //! 7. [`ports`]: the narrow traits the logic talks to;
 //! 8. [`checks`], [`identity`], [`onboard`], [`rollout`], [`trial_choice`]:
 //!    leaf logic;
-//! 9. [`deploy`], [`plan`]: the safe switch, fleets, and plans.
+//! 9. [`deploy`], [`plan`]: the safe switch, fleets, and plans;
+//! 10. [`rehearsal`]: rehearsing a host's transition on a staging host.
 
 pub mod checks;
 pub mod deploy;
@@ -27,6 +28,7 @@ pub mod nix_text;
 pub mod onboard;
 pub mod plan;
 pub mod ports;
+pub mod rehearsal;
 pub mod remote;
 pub mod report;
 pub mod rollout;

@@ -27,7 +27,7 @@ pub use selector::select;
 pub use settings::Settings;
 pub use ssh_options::{validate as validate_ssh_options, SshOptionProblem};
 
-use crate::spec::{CheckTarget, StateSpec, TimeoutSettings};
+use crate::spec::{CheckTarget, RehearsalSpec, StateSpec, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
 use crate::model::{
@@ -82,6 +82,8 @@ pub struct Host {
     pub trial: TrialMode,
     /// What each deploy snapshots (docs/state.md).
     pub state: StateSpec,
+    /// Staging host, rehearsal required (docs/rehearsal.md).
+    pub rehearsal: RehearsalSpec,
 }
 
 impl Host {
@@ -373,6 +375,7 @@ fn read_host(
         timeouts: settings.timeouts,
         trial: settings.trial.unwrap_or_default(),
         state: settings.state.resolve(),
+        rehearsal: settings.rehearsal.resolve(),
     })
 }
 

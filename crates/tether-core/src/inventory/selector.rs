@@ -80,6 +80,7 @@ mod tests {
             trial: Default::default(),
             checks: Default::default(),
             state: Default::default(),
+            rehearsal: Default::default(),
         }
     }
 

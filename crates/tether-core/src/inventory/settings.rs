@@ -17,7 +17,7 @@ use super::checks::{read_checks, CheckMap};
 use super::error::Problem;
 use super::fields::Fields;
 use crate::model::{Dataset, SshUser, StatePath, Tag, TrialMode};
-use crate::spec::{FailedUnits, HostChecks, StateSettings, TimeoutSettings};
+use crate::spec::{FailedUnits, HostChecks, RehearsalSettings, StateSettings, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -39,6 +39,9 @@ pub struct Settings {
     pub trial: Option<TrialMode>,
     /// `state`: subvolumes and datasets snapshotted with each deploy.
     pub state: StateSettings,
+    /// `rehearsal`: whether the host is a staging host, whether its deploys
+    /// need a rehearsal, and the modules its rehearsal variants get.
+    pub rehearsal: RehearsalSettings,
 }
 
 impl Settings {
@@ -56,7 +59,54 @@ impl Settings {
         "checkInterval",
         "trial",
         "state",
+        "rehearsal",
     ];
+
+    /// The keys of `rehearsal`.
+    const REHEARSAL_FIELDS: &'static [&'static str] = &["staging", "required", "modules"];
+
+    fn read_rehearsal(fields: &mut Fields<'_>) -> RehearsalSettings {
+        let Some(value) = fields.take("rehearsal") else {
+            return RehearsalSettings::default();
+        };
+        let Some(mut inner) = fields.nested("rehearsal", value, Self::REHEARSAL_FIELDS) else {
+            return RehearsalSettings::default();
+        };
+        let staging = inner.bool("staging");
+        let required = inner.bool("required");
+        // The modules stay in Nix (the evaluation applies them); here they
+        // are only checked to be modules: functions, attribute sets or paths.
+        let modules = match inner.take("modules") {
+            None => 0,
+            Some(serde_json::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let is_module = match item {
+                        serde_json::Value::Object(m) => m.get("$nix").is_none_or(|k| k == "lambda"),
+                        serde_json::Value::String(p) => p.starts_with('/'),
+                        _ => false,
+                    };
+                    if !is_module {
+                        inner.wrong_type(
+                            &format!("modules[{i}]"),
+                            "a NixOS module (a function, an attribute set or a path)",
+                            item,
+                        );
+                    }
+                }
+                items.len()
+            }
+            Some(other) => {
+                inner.wrong_type("modules", "a list of NixOS modules", &other);
+                0
+            }
+        };
+        inner.finish();
+        RehearsalSettings {
+            staging,
+            required,
+            modules,
+        }
+    }
 
     /// The keys of `state`.
     const STATE_FIELDS: &'static [&'static str] =
@@ -166,6 +216,7 @@ impl Settings {
             check_interval: fields.seconds("checkInterval", 1, 300),
             trial: Self::read_trial(fields),
             state: Self::read_state(fields),
+            rehearsal: Self::read_rehearsal(fields),
         }
     }
 
@@ -202,6 +253,7 @@ impl Settings {
             check_interval: host.check_interval.or(defaults.check_interval),
             trial: host.trial.or(defaults.trial),
             state: host.state.over(&defaults.state),
+            rehearsal: host.rehearsal.over(&defaults.rehearsal),
         }
     }
 }

@@ -26,6 +26,7 @@ mod persist;
 pub mod plan;
 mod preflight;
 mod reboot;
+mod rehearsal;
 mod state;
 pub mod status;
 mod trial;
@@ -48,6 +49,7 @@ pub use journal::{JournalEntry, JournalEvent};
 pub use persist::{DryActivate, FinishTrial, Persist, PersistMode, PersistReport};
 pub use preflight::{Facts, LockHolder, Preflight};
 pub use reboot::{BootState, BootStateReport, Reboot};
+pub use rehearsal::{RehearsalState, StateStep, StateStepReport};
 pub use state::{
     restore_bound, CheckState, Fs, ListSnapshots, PruneReport, PruneSnapshots, RestoreRefusal,
     RestoreReport, RestoreSnapshots, Restored, Snapshot, SnapshotKind, StateProblem, TakeSnapshots,
@@ -132,11 +134,13 @@ pub enum Op {
     RestoreSnapshots,
     /// Remove snapshots beyond `keep` ([`PruneSnapshots`]).
     PruneSnapshots,
+    /// A rehearsal's state step, on production or staging ([`RehearsalState`]).
+    RehearsalState,
 }
 
 impl Op {
     /// Every operation, for tests that must cover them all.
-    pub const ALL: [Op; 31] = [
+    pub const ALL: [Op; 32] = [
         Op::Preflight,
         Op::ArmAndActivate,
         Op::Renew,
@@ -168,6 +172,7 @@ impl Op {
         Op::ListSnapshots,
         Op::RestoreSnapshots,
         Op::PruneSnapshots,
+        Op::RehearsalState,
     ];
 
     /// The operation's name in logs and errors.
@@ -204,6 +209,7 @@ impl Op {
             Op::ListSnapshots => "list snapshots",
             Op::RestoreSnapshots => "restore snapshots",
             Op::PruneSnapshots => "prune snapshots",
+            Op::RehearsalState => "rehearsal state step",
         }
     }
 }

@@ -145,7 +145,43 @@ fn example(op: Op) -> Script {
             protect: Some(s.deploy_id),
         }
         .request(),
+        Op::RehearsalState => rehearsal_state(StateStep::Unload).request(),
     }
+}
+
+fn rehearsal_state(step: StateStep) -> RehearsalState {
+    RehearsalState {
+        step,
+        rehearsal_id: spec().deploy_id,
+        paths: vec!["/srv/db-1".parse().unwrap(), "/srv/other".parse().unwrap()],
+        units: vec!["db.service".parse().unwrap()],
+    }
+}
+
+#[test]
+fn every_rehearsal_state_step_and_stream_script_is_valid_sh() {
+    for step in [
+        StateStep::CheckStaging,
+        StateStep::Snapshot,
+        StateStep::DropSource,
+        StateStep::Load,
+        StateStep::Usage,
+        StateStep::Unload,
+    ] {
+        assert_parses_as_sh(&rehearsal_state(step).request().text);
+    }
+    let r = rehearsal_state(StateStep::Load);
+    let path = "/srv/db-1".parse().unwrap();
+    assert_parses_as_sh(&r.send_script(&path));
+    assert_parses_as_sh(&r.receive_script(&path));
+    let out = ScriptOutput {
+        stdout: "done=/srv/db-1 loaded\nfailed=/srv/other nothing was received\nstep=done\n"
+            .to_string(),
+        ..ScriptOutput::default()
+    };
+    let report = r.parse(&out).unwrap();
+    assert_eq!(report.detail("/srv/db-1"), Some("loaded"));
+    assert_eq!(report.failures(), "/srv/other: nothing was received");
 }
 
 /// A state declaration with values a shell must not interpret.

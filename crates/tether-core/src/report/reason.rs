@@ -145,6 +145,11 @@ pub enum Refusal {
     SnapshotFailed {
         failure: VolumeFailure,
     },
+    /// `rehearsal.required`: no rehearsal of this new system passed.
+    NotRehearsed {
+        host: String,
+        system: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -176,6 +181,10 @@ impl fmt::Display for Refusal {
             Refusal::SwitchLockHeld { holder } => write!(
                 f,
                 "another activation is in progress: NixOS's switch lock (/run/nixos/switch-to-configuration.lock) is held by {holder}; nothing was copied or activated"
+            ),
+            Refusal::NotRehearsed { host, system } => write!(
+                f,
+                "rehearsal.required: no rehearsal of {system} passed; run `tether rehearse {host} --on <staging host>` first (docs/rehearsal.md); nothing was copied or activated"
             ),
             Refusal::ArmLockTimeout => f.write_str(
                 "the host's arm lock (/run/tether/arm.lock) stayed taken for the whole wait; nothing was activated",

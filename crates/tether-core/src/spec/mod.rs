@@ -3,6 +3,7 @@
 //! logic consumes them.
 
 mod checks;
+mod rehearsal;
 mod rollout;
 mod state;
 mod timeouts;
@@ -12,6 +13,7 @@ pub use checks::{
     HttpCheck, TcpCheck, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT,
     FAILED_UNITS, SYSTEM_RUNNING,
 };
+pub use rehearsal::{RehearsalSettings, RehearsalSpec};
 pub use rollout::{BatchSize, CanarySpec, RolloutPlan, RolloutSettings, Stage, DEFAULT_PARALLEL};
 pub use state::{StateSettings, StateSpec, DEFAULT_KEEP};
 pub use timeouts::{
