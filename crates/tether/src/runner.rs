@@ -146,6 +146,9 @@ struct Output {
     /// Events the journal could not take yet (another process holds its
     /// lock), oldest first: written with the next event that gets through.
     pending: Vec<Event>,
+    /// Every event of the run, for callers that read them afterwards
+    /// (a rehearsal's report).
+    all: Vec<Event>,
 }
 
 /// How long the end of a run waits for a journal another process keeps
@@ -155,6 +158,7 @@ const JOURNAL_PATIENCE: Duration = Duration::from_secs(60);
 impl Output {
     fn event(&mut self, event: Event) {
         self.view.reporter().event(event.clone());
+        self.all.push(event.clone());
         self.pending.push(event);
         // While the journal is locked, try without waiting: a run's events
         // must not lag its view; the backlog is written as one batch.
@@ -193,12 +197,42 @@ impl Output {
     }
 }
 
+/// A finished run: every host's report (sorted by host) and every event.
+pub struct Finished {
+    pub reports: Vec<HostReport>,
+    pub events: Vec<Event>,
+}
+
+/// Runs the rollout, records and shows it, and maps its result to the
+/// command's exit.
 pub async fn execute(
     ctx: &Context,
     deploy_id: &DeployId,
     prepared: Prepared,
     options: RunOptions,
 ) -> Result<(), CommandError> {
+    let finished = run(ctx, deploy_id, prepared, options).await?;
+    let reports = &finished.reports;
+    let count = |pred: &dyn Fn(&HostReport) -> bool| reports.iter().filter(|r| pred(r)).count();
+    match RunResult::of(reports) {
+        RunResult::AllSucceeded => Ok(()),
+        RunResult::SomeUnknown => Err(CommandError::HostsUnknown(count(&|r| {
+            r.outcome.is_unknown()
+        }))),
+        RunResult::SomeFailed => Err(CommandError::HostsFailed(count(&|r| {
+            !r.outcome.is_success()
+        }))),
+    }
+}
+
+/// Runs the rollout, records it in the journal and shows it (progress and
+/// summary); the caller decides what its result means.
+pub async fn run(
+    ctx: &Context,
+    deploy_id: &DeployId,
+    prepared: Prepared,
+    options: RunOptions,
+) -> Result<Finished, CommandError> {
     let Prepared { jobs, decided } = prepared;
     let total = jobs.len() + decided.len();
     let journal = match Journal::open_default() {
@@ -244,6 +278,7 @@ pub async fn execute(
         journal,
         run_id: deploy_id.to_string(),
         pending: Vec::new(),
+        all: Vec::new(),
     };
     let (tx, rx) = mpsc::channel::<Event>();
     let writer = std::thread::Builder::new()
@@ -342,14 +377,8 @@ pub async fn execute(
         }
         View::Plain(_) => print!("{}", summary_table(&reports)),
     }
-    let count = |pred: &dyn Fn(&HostReport) -> bool| reports.iter().filter(|r| pred(r)).count();
-    match result {
-        RunResult::AllSucceeded => Ok(()),
-        RunResult::SomeUnknown => Err(CommandError::HostsUnknown(count(&|r| {
-            r.outcome.is_unknown()
-        }))),
-        RunResult::SomeFailed => Err(CommandError::HostsFailed(count(&|r| {
-            !r.outcome.is_success()
-        }))),
-    }
+    Ok(Finished {
+        reports,
+        events: output.all,
+    })
 }

@@ -18,7 +18,8 @@ use tether_core::remote::JournalEvent;
 use tether_core::report::{Event, EventKind, HostReport, Outcome};
 
 /// Forward-only migrations; entry `i` moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     command TEXT NOT NULL,
@@ -53,7 +54,26 @@ CREATE TABLE events (
     data TEXT NOT NULL
 );
 CREATE INDEX events_by_run ON events(run_id, host);
-"#];
+"#,
+    r#"
+CREATE TABLE rehearsals (
+    id TEXT PRIMARY KEY,
+    production_host TEXT NOT NULL,
+    production_old TEXT NOT NULL,
+    production_new TEXT NOT NULL,
+    staging_host TEXT NOT NULL,
+    old_source TEXT NOT NULL,
+    source TEXT NOT NULL,
+    git_revision TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    result TEXT NOT NULL,
+    reason TEXT,
+    report TEXT NOT NULL
+);
+CREATE INDEX rehearsals_by_host ON rehearsals(production_host, production_new);
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -567,6 +587,146 @@ impl Journal {
     }
 }
 
+/// A rehearsal as the journal keeps it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RehearsalRecord {
+    pub id: String,
+    pub production_host: String,
+    pub production_old: String,
+    pub production_new: String,
+    pub staging_host: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub result: String,
+    pub reason: Option<String>,
+}
+
+impl Journal {
+    /// Records a finished rehearsal (`started_at` as RFC 3339).
+    pub fn record_rehearsal(
+        &self,
+        report: &tether_core::rehearsal::RehearsalReport,
+        source: &str,
+        git_revision: Option<&str>,
+        started_at: &str,
+    ) -> Result<(), JournalError> {
+        use tether_core::rehearsal::Verdict;
+        let (result, reason) = match &report.verdict {
+            Verdict::Passed => ("passed", None),
+            Verdict::Failed { side, reason } => {
+                ("failed", Some(format!("{side} variant: {reason}")))
+            }
+            Verdict::Error { step, reason } => ("error", Some(format!("{step}: {reason}"))),
+        };
+        let json = serde_json::to_string(report).unwrap_or_else(|_| "null".into());
+        let old_source = serde_json::to_string(&report.old_source).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO rehearsals (id, production_host, production_old, production_new, staging_host,
+                     old_source, source, git_revision, started_at, ended_at, result, reason, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    report.id,
+                    report.production.as_str(),
+                    report.production_old,
+                    report.production_new,
+                    report.staging.as_str(),
+                    old_source,
+                    source,
+                    git_revision,
+                    started_at,
+                    now(),
+                    result,
+                    reason,
+                    json
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn rehearsal_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RehearsalRecord> {
+        Ok(RehearsalRecord {
+            id: r.get(0)?,
+            production_host: r.get(1)?,
+            production_old: r.get(2)?,
+            production_new: r.get(3)?,
+            staging_host: r.get(4)?,
+            started_at: r.get(5)?,
+            ended_at: r.get(6)?,
+            result: r.get(7)?,
+            reason: r.get(8)?,
+        })
+    }
+
+    const REHEARSAL_COLUMNS: &'static str = "id, production_host, production_old, production_new, staging_host, started_at, ended_at, result, reason";
+
+    /// The newest rehearsals first; with `hosts`, only those of these
+    /// production hosts.
+    pub fn rehearsals(
+        &self,
+        limit: usize,
+        hosts: Option<&[String]>,
+    ) -> Result<Vec<RehearsalRecord>, JournalError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM rehearsals ORDER BY started_at DESC, id DESC",
+                Self::REHEARSAL_COLUMNS
+            ))?;
+            let all: Vec<RehearsalRecord> = stmt
+                .query_map([], Self::rehearsal_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(all
+                .into_iter()
+                .filter(|r| hosts.is_none_or(|h| h.contains(&r.production_host)))
+                .take(limit)
+                .collect())
+        })
+    }
+
+    /// The newest passed rehearsal of `host` going to `new_system`.
+    pub fn passed_rehearsal(
+        &self,
+        host: &str,
+        new_system: &str,
+    ) -> Result<Option<RehearsalRecord>, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM rehearsals WHERE production_host = ?1 AND production_new = ?2
+                       AND result = 'passed' ORDER BY started_at DESC, id DESC LIMIT 1",
+                    Self::REHEARSAL_COLUMNS
+                ),
+                params![host, new_system],
+                Self::rehearsal_from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// The git revision (and deploy id) of the newest run that left `host`
+    /// confirmed on `system`, from a local source: where its current
+    /// system came from.
+    pub fn deployed_revision(
+        &self,
+        host: &str,
+        system: &str,
+    ) -> Result<Option<(String, String)>, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT r.git_revision, r.id FROM run_hosts h JOIN runs r ON r.id = h.run_id
+                 WHERE h.host = ?1 AND h.new_system = ?2 AND h.outcome = 'confirmed'
+                   AND r.git_revision IS NOT NULL AND r.command = 'deploy'
+                 ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
+                params![host, system],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+}
+
 /// The git revision of a local flake directory (`-dirty` when it has
 /// uncommitted changes), if it is in a git work tree.
 pub fn git_revision(dir: &Path) -> Option<String> {
@@ -621,8 +781,73 @@ mod tests {
     fn migrations_run_once_and_are_versioned() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.sqlite");
-        assert_eq!(Journal::open(&path).unwrap().schema_version().unwrap(), 1);
-        assert_eq!(Journal::open(&path).unwrap().schema_version().unwrap(), 1);
+        let latest = MIGRATIONS.len() as i64;
+        assert_eq!(
+            Journal::open(&path).unwrap().schema_version().unwrap(),
+            latest
+        );
+        assert_eq!(
+            Journal::open(&path).unwrap().schema_version().unwrap(),
+            latest
+        );
+    }
+
+    fn confirmed(host: &str, new: &str) -> HostReport {
+        HostReport {
+            host: host.parse().unwrap(),
+            outcome: Outcome::Confirmed {
+                generation: Some(2),
+                persisted: true,
+            },
+            old_system: Some("/nix/store/old".into()),
+            old_generation: Some(1),
+            new_system: new.into(),
+            duration_ms: 10,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn the_revision_of_a_hosts_system_is_that_of_the_deploy_that_confirmed_it() {
+        let (_d, j) = temp();
+        let mut first = run("r1");
+        first.git_revision = Some("aaa".into());
+        j.start_run(&first).unwrap();
+        j.finish_run("r1", 0, &[confirmed("web1", "/nix/store/new")])
+            .unwrap();
+        let mut rolled_back = run("r2");
+        rolled_back.git_revision = Some("bbb".into());
+        j.start_run(&rolled_back).unwrap();
+        let mut r = confirmed("web1", "/nix/store/newer");
+        r.outcome = Outcome::Skipped {
+            reason: tether_core::report::SkipReason::Interrupted,
+        };
+        j.finish_run("r2", 1, &[r]).unwrap();
+        assert_eq!(
+            j.deployed_revision("web1", "/nix/store/new").unwrap(),
+            Some(("aaa".to_string(), "r1".to_string()))
+        );
+        assert_eq!(
+            j.deployed_revision("web1", "/nix/store/newer").unwrap(),
+            None
+        );
+        assert_eq!(j.deployed_revision("web2", "/nix/store/new").unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_one_journal_gains_the_rehearsals_table_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        j.start_run(&run("r1")).unwrap();
+        assert_eq!(j.schema_version().unwrap(), 2);
+        assert!(j.rehearsals(10, None).unwrap().is_empty());
+        assert_eq!(j.runs(10, None).unwrap().len(), 1);
     }
 
     #[test]

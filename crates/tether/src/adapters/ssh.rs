@@ -343,6 +343,123 @@ impl SshTarget {
     }
 }
 
+impl SshTarget {
+    /// Starts `script` on the host with its standard streams piped. The
+    /// script travels as the command line here, not on stdin as for
+    /// [`Target::run`]: stdin carries a data stream. Only scripts without
+    /// secrets (paths, ids) may be sent this way.
+    fn spawn_streaming(&self, script: &str) -> Result<tokio::process::Child, RemoteError> {
+        child_command("ssh")
+            .args(self.options(Conn::Shared))
+            .arg(self.host.address.to_string())
+            .arg(format!("sh -c {}", tether_core::shell::quote(script)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RemoteError::Other(format!("could not run ssh: {e}")))
+    }
+}
+
+/// Streams what `send` prints on `from` into `receive` on `to`, through
+/// the deployer (the two hosts need not reach each other, and no key of
+/// one is given to the other); `progress` hears the bytes relayed so far
+/// about every 16 MiB. Returns the bytes relayed. The whole stream is
+/// bounded by `timeout`; an error of either side names its stderr's end.
+///
+/// Written here rather than as `ssh a … | ssh b …` in a shell: tether
+/// must count, bound and attribute failures to one side or the other.
+pub async fn relay(
+    from: &SshTarget,
+    send: &str,
+    to: &SshTarget,
+    receive: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, RemoteError> {
+    use tokio::io::AsyncReadExt;
+    let mut sender = from.spawn_streaming(send)?;
+    let mut receiver = to.spawn_streaming(receive)?;
+    let (Some(mut source), Some(mut sink)) = (sender.stdout.take(), receiver.stdin.take()) else {
+        return Err(RemoteError::Other("ssh gave no pipes".into()));
+    };
+    drop(sender.stdin.take());
+    let err_of = |child: &mut tokio::process::Child| {
+        let stderr = child.stderr.take();
+        async move {
+            match stderr {
+                Some(s) => read_lines(s, Stream::Stderr, None)
+                    .await
+                    .unwrap_or_default(),
+                None => String::new(),
+            }
+        }
+    };
+    let send_err = err_of(&mut sender);
+    let receive_err = err_of(&mut receiver);
+    let receive_out = {
+        let stdout = receiver.stdout.take();
+        async move {
+            if let Some(s) = stdout {
+                let _ = read_lines(s, Stream::Stdout, None).await;
+            }
+        }
+    };
+    // `move`: when the pump ends, early or not, both pipes close, so a
+    // side whose partner died is not left writing into a full pipe.
+    let pump = async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total: u64 = 0;
+        let mut reported: u64 = 0;
+        loop {
+            let n = source.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n]).await?;
+            total += n as u64;
+            if total - reported >= 16 << 20 {
+                reported = total;
+                progress(total);
+            }
+        }
+        sink.shutdown().await?;
+        drop(sink);
+        Ok::<u64, std::io::Error>(total)
+    };
+    let work = async {
+        let (pumped, send_err, receive_err, ()) =
+            tokio::join!(pump, send_err, receive_err, receive_out);
+        let sent = sender.wait().await;
+        let received = receiver.wait().await;
+        (pumped, send_err, receive_err, sent, received)
+    };
+    let (pumped, send_err, receive_err, sent, received) =
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => return Err(RemoteError::Timeout(timeout)),
+        };
+    let side = |host: &SshTarget,
+                what: &str,
+                status: std::io::Result<std::process::ExitStatus>,
+                err: &str| {
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) if s.code() == Some(255) => Err(SshTarget::classify(err, "ssh")),
+            Ok(s) => Err(RemoteError::Other(format!(
+                "host {:?}: {what} failed ({s}): {}",
+                host.host.name.as_str(),
+                tail(err, 3)
+            ))),
+            Err(e) => Err(RemoteError::Other(format!("waiting for ssh: {e}"))),
+        }
+    };
+    side(from, "sending the state", sent, &send_err)?;
+    side(to, "receiving the state", received, &receive_err)?;
+    pumped.map_err(|e| RemoteError::Other(format!("relaying the state stream: {e}")))
+}
+
 impl Target for SshTarget {
     async fn run(
         &self,

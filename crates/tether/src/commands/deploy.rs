@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tether_core::model::Goal;
 use tether_core::remote::{Operation, Preflight};
+use tether_core::report::{HostReport, Outcome, Refusal};
 
+use crate::adapters::journal::Journal;
 use crate::adapters::ssh::SshTarget;
 use crate::args::{host_job, RolloutArgs, TimeoutArgs, TrialArgs};
 use crate::cli::Context;
@@ -105,6 +107,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .reboot
         .then(|| Duration::from_secs(args.timeouts.reboot_timeout.unwrap_or(300)));
     let mut jobs = Vec::new();
+    let mut decided = Vec::new();
+    let journal = hosts
+        .iter()
+        .any(|h| h.rehearsal.required)
+        .then(Journal::open_default);
     for ((host, target), early) in hosts.iter().zip(targets).zip(early) {
         let system = built.get(&host.name).ok_or_else(|| {
             CommandError::Usage(format!(
@@ -112,6 +119,32 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
                 host.name.as_str()
             ))
         })?;
+        if host.rehearsal.required && args.goal != Goal::DryActivate {
+            let passed = match &journal {
+                Some(Ok(j)) => j
+                    .passed_rehearsal(host.name.as_str(), system.path.as_str())
+                    .map_err(|e| CommandError::Local(format!("reading the journal: {e}")))?
+                    .is_some(),
+                _ => false,
+            };
+            if !passed {
+                decided.push(HostReport {
+                    host: host.name.clone(),
+                    outcome: Outcome::Refused {
+                        reason: Refusal::NotRehearsed {
+                            host: host.name.to_string(),
+                            system: system.path.to_string(),
+                        },
+                    },
+                    old_system: None,
+                    old_generation: None,
+                    new_system: system.path.to_string(),
+                    duration_ms: 0,
+                    state: None,
+                });
+                continue;
+            }
+        }
         let mut job = host_job(
             host,
             system.path.clone(),
@@ -137,10 +170,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     runner::execute(
         ctx,
         &deploy_id,
-        Prepared {
-            jobs,
-            decided: Vec::new(),
-        },
+        Prepared { jobs, decided },
         RunOptions {
             command: "deploy",
             goal: args.goal,

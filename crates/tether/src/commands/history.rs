@@ -3,7 +3,7 @@
 //! with its events. Outcomes learnt later from a host's own journal (by
 //! `tether status`) are marked as such.
 
-use crate::adapters::journal::{Journal, RunRecord};
+use crate::adapters::journal::{Journal, RehearsalRecord, RunRecord};
 use crate::cli::Context;
 use crate::exit::CommandError;
 
@@ -18,6 +18,26 @@ pub struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// List rehearsals only (`tether rehearse`), newest first
+    #[arg(long, conflicts_with = "run_id")]
+    pub rehearsals: bool,
+}
+
+fn rehearsal_line(r: &RehearsalRecord) -> String {
+    format!(
+        "{:<24} rehearsal {:<7} {:<20} {} on {}  {} -> {}{}",
+        r.id,
+        r.result,
+        r.started_at,
+        r.production_host,
+        r.staging_host,
+        r.production_old,
+        r.production_new,
+        r.reason
+            .as_deref()
+            .map(|x| format!("\n{:<24} {x}", ""))
+            .unwrap_or_default()
+    )
 }
 
 fn line(run: &RunRecord) -> String {
@@ -121,6 +141,25 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     } else {
         None
     };
+    let rehearsals = journal
+        .rehearsals(args.limit, filter.as_deref())
+        .map_err(journal_err)?;
+    if args.rehearsals {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rehearsals).unwrap_or_default()
+            );
+        } else {
+            if rehearsals.is_empty() {
+                eprintln!("no rehearsals recorded yet");
+            }
+            for r in &rehearsals {
+                println!("{}", rehearsal_line(r));
+            }
+        }
+        return Ok(());
+    }
     let runs = journal
         .runs(args.limit, filter.as_deref())
         .map_err(journal_err)?;
@@ -139,6 +178,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     }
     if runs.iter().any(|r| r.hosts.iter().any(|h| h.reconciled)) {
         println!("(* outcome learnt later from the host's own journal)");
+    }
+    if !rehearsals.is_empty() {
+        println!("\nrehearsals (tether history --rehearsals):");
+        for r in &rehearsals {
+            println!("{}", rehearsal_line(r));
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod history;
 pub mod hosts;
 pub mod init;
 pub mod plan;
+pub mod rehearse;
 pub mod rollback;
 pub mod snapshots;
 pub mod status;

@@ -217,6 +217,29 @@ impl Nix {
         parse_toplevels(value, hosts).map_err(ToplevelsError::Hosts)
     }
 
+    /// Evaluates `host`'s system and its rehearsal variant at `source`
+    /// (one `nix eval`, mode `variants` of nix/eval-inventory.nix);
+    /// `rehearsal` is what tether's module records in
+    /// `config.tether.rehearsal` (names and addresses, as strings).
+    pub async fn eval_variants(
+        &self,
+        source: &NixSource,
+        host: &HostName,
+        rehearsal: &[(&str, String)],
+    ) -> Result<serde_json::Value, NixError> {
+        let cwd = std::env::current_dir().map_err(NixError::Cwd)?;
+        let fields: String = rehearsal
+            .iter()
+            .map(|(k, v)| format!("{k} = {}; ", nix_string(v)))
+            .collect();
+        let expr = format!(
+            "({EVAL_INVENTORY}\n) {{ {} mode = \"variants\"; hosts = [ {} ]; rehearsal = {{ {fields}}}; }}",
+            source.arguments(&cwd),
+            nix_string(host.as_str()),
+        );
+        self.eval_json(&expr, "tether rehearsal variants").await
+    }
+
     /// What another tool's description of the fleet says, for `tether
     /// init` (`nix/eval-import.nix`), in one `nix eval`.
     pub async fn eval_import(
