@@ -15,6 +15,9 @@ pub const PACKAGES: &[&str] = &[
     "btrfs-progs",
     "nftables",
     "util-linux",
+    // The rehearsal tests keep the fleet flake in a git repository; Nix
+    // fetches a `git+file://…?rev=` flake with the git CLI.
+    "git",
     // For scripts/bench-deploy: timing arithmetic and peak memory.
     "bc",
     "time",
