@@ -20,13 +20,19 @@
 #     `addresses` lists the IP addresses the variant declares (NixOS's
 #     networking.interfaces and systemd.network, or a fixture's), so tether
 #     can refuse a variant that would take production's address.
-{ flakeRef ? null, file ? null, mode ? "inventory", hosts ? [ ], rehearsal ? { } }:
+#     `modulesFrom` (`{ flakeRef }` or `{ file }`) is where `rehearsal.modules`
+#     are read: the revision being deployed, also for the old revision's
+#     variant, so both get today's modules.
+{ flakeRef ? null, file ? null, mode ? "inventory", hosts ? [ ], rehearsal ? { }, modulesFrom ? null }:
 let
-  outputs =
+  load = { flakeRef ? null, file ? null }:
     if flakeRef != null then builtins.getFlake flakeRef
     else
       let value = import (/. + file);
       in if builtins.isFunction value then value { } else value;
+
+  outputs = load { inherit flakeRef file; };
+  modulesOutputs = if modulesFrom == null then outputs else load modulesFrom;
 
   isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
   isPlainAttrs = v: builtins.isAttrs v && !(isDerivation v) && !(v ? _type);
@@ -120,8 +126,9 @@ let
       fromSet = s:
         let r = if builtins.isAttrs s then s.rehearsal or { } else { };
         in if builtins.isAttrs r && builtins.isList (r.modules or null) then r.modules else [ ];
+      specs = modulesOutputs.tether or { };
     in
-    fromSet (outputs.tether.defaults or { }) ++ fromSet (hostSpecs.${name} or { });
+    fromSet (specs.defaults or { }) ++ fromSet ((specs.hosts or { }).${name} or { });
 
   # The addresses a configuration declares, without the prefix length.
   declaredAddresses = config:

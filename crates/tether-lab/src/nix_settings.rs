@@ -8,7 +8,10 @@
 //! group 'nixbld' specified in 'build-users-group' does not exist"); its
 //! sandbox is on, and the fixture builders use the machine's `/bin/sh`
 //! ("executing '/bin/sh': No such file or directory"); and no binary cache is
-//! reachable, which costs a time-out per build. A user's own deploys keep
+//! reachable, which costs a time-out per build. `extra-platforms` lets a
+//! fixture system that declares `aarch64-linux` (`hostPlatform`, for the
+//! rehearsal tests of a foreign architecture) build: its builder is still
+//! this machine's `/bin/sh`. A user's own deploys keep
 //! their own Nix settings: only the lab, the demo and the tests use these.
 
 use std::process::Command;
@@ -17,7 +20,8 @@ use std::process::Command;
 /// lab's fixture systems (lines of nix.conf; later settings of the same
 /// name win over nix.conf, so the machine's own configuration does not
 /// matter).
-pub const NIX_CONFIG: &str = "build-users-group =\nsandbox = false\nsubstituters =\n";
+pub const NIX_CONFIG: &str =
+    "build-users-group =\nsandbox = false\nsubstituters =\nextra-platforms = aarch64-linux\n";
 
 /// Nix's experimental features every lab Nix call needs (Nix 2.8 defaults).
 pub const NIX_FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];

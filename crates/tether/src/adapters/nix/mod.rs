@@ -221,9 +221,11 @@ impl Nix {
     /// (one `nix eval`, mode `variants` of nix/eval-inventory.nix);
     /// `rehearsal` is what tether's module records in
     /// `config.tether.rehearsal` (names and addresses, as strings).
+    /// `modules_from` is where `rehearsal.modules` are read.
     pub async fn eval_variants(
         &self,
         source: &NixSource,
+        modules_from: &NixSource,
         host: &HostName,
         rehearsal: &[(&str, String)],
     ) -> Result<serde_json::Value, NixError> {
@@ -233,9 +235,10 @@ impl Nix {
             .map(|(k, v)| format!("{k} = {}; ", nix_string(v)))
             .collect();
         let expr = format!(
-            "({EVAL_INVENTORY}\n) {{ {} mode = \"variants\"; hosts = [ {} ]; rehearsal = {{ {fields}}}; }}",
+            "({EVAL_INVENTORY}\n) {{ {} mode = \"variants\"; hosts = [ {} ]; rehearsal = {{ {fields}}}; modulesFrom = {{ {} }}; }}",
             source.arguments(&cwd),
             nix_string(host.as_str()),
+            modules_from.arguments(&cwd),
         );
         self.eval_json(&expr, "tether rehearsal variants").await
     }
