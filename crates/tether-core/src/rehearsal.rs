@@ -127,9 +127,7 @@ pub enum RehearsalRefusal {
     },
     /// The staging host's platform could not be read.
     UnknownStagingPlatform { staging: HostName },
-    /// Production's ZFS state cannot be rehearsed yet.
-    ZfsState { host: HostName },
-    /// The staging host has no btrfs where production's state must go.
+    /// The staging host cannot take production's state where it must go.
     StagingStateUnsupported { staging: HostName, path: String },
 }
 
@@ -175,13 +173,9 @@ impl fmt::Display for RehearsalRefusal {
                 f,
                 "staging host {staging:?}: its architecture could not be read"
             ),
-            RehearsalRefusal::ZfsState { host } => write!(
-                f,
-                "host {host:?} declares ZFS state; rehearsals load btrfs state only so far (docs/rehearsal.md)"
-            ),
             RehearsalRefusal::StagingStateUnsupported { staging, path } => write!(
                 f,
-                "staging host {staging:?}: {path} cannot take production's state (its parent directory must be on btrfs, and the path a btrfs subvolume or absent)"
+                "staging host {staging:?}: {path} cannot take production's state (a btrfs path's parent must be on btrfs and the path a subvolume or absent; a ZFS dataset's parent must exist)"
             ),
         }
     }
@@ -197,11 +191,6 @@ pub fn check_hosts(production: &Host, staging: &Host) -> Result<(), RehearsalRef
     if !staging.rehearsal.staging {
         return Err(RehearsalRefusal::NotStaging {
             staging: staging.name.clone(),
-        });
-    }
-    if !production.state.zfs.is_empty() {
-        return Err(RehearsalRefusal::ZfsState {
-            host: production.name.clone(),
         });
     }
     Ok(())

@@ -49,13 +49,33 @@ fn commit(f: &Fleet, message: &str) {
 /// breaks the data), with state and checks; `extra` goes into host1's
 /// inventory; host2 is the staging host.
 fn fleet_hosts(f: &Fleet, label: &str, schema: u32, breaks: bool, extra: &str) {
+    fleet_hosts_with(
+        f,
+        label,
+        schema,
+        breaks,
+        extra,
+        DATA,
+        r#"btrfs = [ "/srv/state/db" ];"#,
+    )
+}
+
+fn fleet_hosts_with(
+    f: &Fleet,
+    label: &str,
+    schema: u32,
+    breaks: bool,
+    extra: &str,
+    data: &str,
+    volumes: &str,
+) {
     f.set_hosts(&format!(
         r#"{{
   host1 = {{
     label = "{label}";
-    services = [ {{ name = "db"; kind = "db"; port = 8080; schema = {schema}; migrationBreaks = {breaks}; dataDir = "{DATA}"; }} ];
+    services = [ {{ name = "db"; kind = "db"; port = 8080; schema = {schema}; migrationBreaks = {breaks}; dataDir = "{data}"; }} ];
     inventory = {{
-      state = {{ btrfs = [ "/srv/state/db" ]; units = [ "fixture-db.service" ]; }};
+      state = {{ {volumes} units = [ "fixture-db.service" ]; }};
       checkTimeout = 6;
       checks.db = {{ type = "http"; port = 8080; }};
       rehearsal.modules = [ ({{ config, ... }}: {{ fixture.address = config.tether.rehearsal.address; }}) ];
@@ -347,4 +367,221 @@ fn a_migration_that_breaks_is_caught_on_staging_and_production_is_refused() {
         "{run}"
     );
     production.assert_untouched(&f);
+}
+
+#[test]
+fn a_kernel_change_is_rehearsed_with_a_reboot_trial_on_staging() {
+    let f = Fleet::up("r03", 2);
+    let hosts = |label: &str, kernel: &str| {
+        f.set_hosts(&format!(
+            r#"{{
+  host1 = {{
+    label = "{label}"; kernelVersion = "{kernel}";
+    services = [ {{ name = "web"; kind = "http"; port = 8080; }} ];
+    inventory = {{
+      checks.web = {{ type = "http"; port = 8080; }};
+      rehearsal.modules = [ ({{ config, ... }}: {{ fixture.address = config.tether.rehearsal.address; }}) ];
+    }};
+  }};
+  host2 = {{ inventory = {{ rehearsal.staging = true; }}; }};
+}}"#
+        ))
+    };
+    hosts("v1", "6.1.0-fixture");
+    commit(&f, "v1");
+    f.deploy(&["--on", "host1"])
+        .expect_code(0)
+        .expect_outcome("host1", "confirmed");
+    f.settle("host1");
+    hosts("v2", "6.6.0-fixture");
+    commit(&f, "v2: a new kernel");
+    let production = f.current("host1");
+    let staging_system = f.current("host2");
+
+    let (code, report, stderr) = rehearse(
+        &f,
+        &[
+            "host1",
+            "--on",
+            "host2",
+            "--lease",
+            "5",
+            "--reboot-timeout",
+            "60",
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["result"], "passed", "{report:#}");
+    // host2's own system has the fixture's default kernel, as v1 does, so
+    // only the new variant needs a boot.
+    assert_eq!(report["oldStage"]["rebootTrial"], false, "{report:#}");
+    assert_eq!(report["newStage"]["rebootTrial"], true, "{report:#}");
+    assert_eq!(report["newStage"]["outcome"], "confirmed");
+    assert_eq!(check(&report["newStage"], "web")["passed"], true);
+    assert_eq!(report["cleanedUp"], true, "{report:#}");
+    assert_eq!(f.current("host1"), production, "production changed");
+    assert_eq!(f.current("host2"), staging_system, "staging not returned");
+    assert_eq!(
+        f.console("host2", "readlink -f /run/booted-system"),
+        staging_system,
+        "staging does not boot its own system again"
+    );
+}
+
+/// The revision HEAD of the fleet's repository.
+fn head(f: &Fleet) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&f.dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_foreign_architecture_is_refused_with_the_options_and_rehearsed_when_allowed() {
+    let f = Fleet::up("r04", 2);
+    // host1's configuration declares aarch64-linux; the lab installs it as
+    // a NixOS installer would (tether itself refuses to deploy a system of
+    // another platform than the host's). Its rehearsal module rebuilds the
+    // variant for the staging host's platform.
+    let hosts = |label: &str, platform_module: bool| {
+        let platform = if platform_module {
+            r#"({ lib, ... }: { fixture.hostPlatform = lib.mkForce "x86_64-linux"; })"#
+        } else {
+            ""
+        };
+        f.set_hosts(&format!(
+            r#"{{
+  host1 = {{
+    label = "{label}"; hostPlatform = "aarch64-linux";
+    services = [ {{ name = "web"; kind = "http"; port = 8080; }} ];
+    inventory = {{
+      checks.web = {{ type = "http"; port = 8080; }};
+      rehearsal.modules = [ ({{ config, ... }}: {{ fixture.address = config.tether.rehearsal.address; }}) {platform} ];
+    }};
+  }};
+  host2 = {{ inventory = {{ rehearsal.staging = true; }}; }};
+}}"#
+        ))
+    };
+    hosts("v1", false);
+    commit(&f, "v1 on aarch64");
+    let v1 = head(&f);
+    let systems = f.systems();
+    f.lab.install_system("host1", &systems["host1"]).unwrap();
+    let production = f.current("host1");
+    assert_eq!(production, systems["host1"]);
+    hosts("v2", false);
+    commit(&f, "v2");
+    let staging_system = f.current("host2");
+
+    let (code, _, stderr) = rehearse(&f, &["host1", "--on", "host2", "--from", &v1]);
+    assert_eq!(code, 2, "{stderr}");
+    for needle in [
+        "aarch64-linux",
+        "x86_64-linux",
+        "same architecture",
+        "--allow-arch-change",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    // Allowed, but nothing builds the variant for x86_64: still refused.
+    let (code, _, stderr) = rehearse(
+        &f,
+        &[
+            "host1",
+            "--on",
+            "host2",
+            "--from",
+            &v1,
+            "--allow-arch-change",
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        f.current("host2"),
+        staging_system,
+        "a refusal changed staging"
+    );
+
+    // Today's rehearsal modules apply to both revisions' variants.
+    hosts("v2", true);
+    commit(&f, "v2, rehearsal variants built for x86_64");
+    let (code, report, stderr) = rehearse(
+        &f,
+        &[
+            "host1",
+            "--on",
+            "host2",
+            "--from",
+            &v1,
+            "--allow-arch-change",
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["result"], "passed", "{report:#}");
+    assert_eq!(report["oldSource"]["from"], "given");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("architecture-specific problems are not covered"),
+        "{report:#}"
+    );
+    assert!(stderr.contains("architecture-specific problems are not covered"));
+    assert_eq!(report["newStage"]["outcome"], "confirmed");
+    assert_eq!(f.current("host1"), production, "production changed");
+    assert_eq!(f.current("host2"), staging_system);
+}
+
+#[test]
+fn zfs_state_is_rehearsed_with_its_child_datasets_and_staging_gets_its_own_back() {
+    let f = Fleet::up_with_state("r05", 2);
+    let data = "/tank/db/data";
+    let volumes = r#"zfs = [ "tank/db" ];"#;
+    let extra = format!(
+        r#"checks.data = {{ type = "command"; on = "target"; command = "grep -q order-1 {data}/records && test -e /tank/db/log/production-log"; }};"#
+    );
+    fleet_hosts_with(&f, "v1", 1, false, "", data, volumes);
+    commit(&f, "v1");
+    f.deploy(&["--on", "host1"])
+        .expect_code(0)
+        .expect_outcome("host1", "confirmed");
+    record(&f, "order-1 written in production");
+    f.console("host1", "touch /tank/db/log/production-log");
+    f.settle("host1");
+    fleet_hosts_with(&f, "v2", 2, false, &extra, data, volumes);
+    commit(&f, "v2");
+    let production = f.current("host1");
+    let production_datasets = f.console("host1", "zfs list -H -o name -t all -r tank | sort");
+    let staging_system = f.current("host2");
+    f.console("host2", "echo staging-own > /tank/db/marker");
+
+    let (code, report, stderr) = rehearse(&f, &["host1", "--on", "host2"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["result"], "passed", "{report:#}");
+    assert_eq!(
+        check(&report["newStage"], "data")["passed"],
+        true,
+        "{report:#}"
+    );
+    let state = &report["state"][0];
+    assert_eq!(state["path"], "tank/db");
+    assert!(state["streamed"].as_u64().unwrap() > 0, "{state}");
+    assert_eq!(report["cleanedUp"], true, "{report:#}");
+
+    assert_eq!(f.current("host1"), production);
+    assert_eq!(
+        f.console("host1", "zfs list -H -o name -t all -r tank | sort"),
+        production_datasets,
+        "production's datasets or snapshots changed"
+    );
+    assert_eq!(f.console("host1", &format!("cat {data}/schema")), "1");
+    assert_eq!(f.current("host2"), staging_system);
+    assert_eq!(f.console("host2", "cat /tank/db/marker"), "staging-own");
+    let leftovers = f.console(
+        "host2",
+        "zfs list -H -o name -t all -r tank | grep tether- || true",
+    );
+    assert_eq!(leftovers, "", "rehearsal datasets left on staging");
 }

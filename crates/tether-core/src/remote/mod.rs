@@ -49,7 +49,7 @@ pub use journal::{JournalEntry, JournalEvent};
 pub use persist::{DryActivate, FinishTrial, Persist, PersistMode, PersistReport};
 pub use preflight::{Facts, LockHolder, Preflight};
 pub use reboot::{BootState, BootStateReport, Reboot};
-pub use rehearsal::{RehearsalState, StateStep, StateStepReport};
+pub use rehearsal::{RehearsalState, StateStep, StateStepReport, Volume};
 pub use state::{
     restore_bound, CheckState, Fs, ListSnapshots, PruneReport, PruneSnapshots, RestoreRefusal,
     RestoreReport, RestoreSnapshots, Restored, Snapshot, SnapshotKind, StateProblem, TakeSnapshots,

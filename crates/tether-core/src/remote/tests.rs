@@ -154,6 +154,7 @@ fn rehearsal_state(step: StateStep) -> RehearsalState {
         step,
         rehearsal_id: spec().deploy_id,
         paths: vec!["/srv/db-1".parse().unwrap(), "/srv/other".parse().unwrap()],
+        datasets: vec!["tank/db".parse().unwrap()],
         units: vec!["db.service".parse().unwrap()],
     }
 }
@@ -171,9 +172,13 @@ fn every_rehearsal_state_step_and_stream_script_is_valid_sh() {
         assert_parses_as_sh(&rehearsal_state(step).request().text);
     }
     let r = rehearsal_state(StateStep::Load);
-    let path = "/srv/db-1".parse().unwrap();
-    assert_parses_as_sh(&r.send_script(&path));
-    assert_parses_as_sh(&r.receive_script(&path));
+    for volume in [
+        Volume::Btrfs("/srv/db-1".parse().unwrap()),
+        Volume::Zfs("tank/db".parse().unwrap()),
+    ] {
+        assert_parses_as_sh(&r.send_script(&volume));
+        assert_parses_as_sh(&r.receive_script(&volume));
+    }
     let out = ScriptOutput {
         stdout: "done=/srv/db-1 loaded\nfailed=/srv/other nothing was received\nstep=done\n"
             .to_string(),

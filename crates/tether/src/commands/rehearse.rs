@@ -3,13 +3,13 @@
 //!
 //! The steps: read both hosts (read-only); find the revision that produced
 //! production's current system; evaluate both revisions' rehearsal variants
-//! (`extendModules`); refuse what is unsafe before anything changes; bring
-//! the staging host to the old variant with the safe switch; load
-//! production's btrfs state, streamed through the deployer; run the new
-//! variant with the safe switch and production's checks aimed at the
+//! (`extendModules`); refuse what is unsafe before anything changes; load
+//! production's state (btrfs, ZFS) into the staging host, streamed through
+//! the deployer; bring the staging host to the old variant, then to the new
+//! one, each with the safe switch and production's checks aimed at the
 //! staging host; report and record; return the staging host to its own
 //! system and state unless `--keep`. Production is only read, and its
-//! state only snapshotted (a read-only snapshot, deleted once sent).
+//! state only snapshotted (read-only, deleted once sent).
 //!
 //! The decisions are `tether_core::rehearsal`'s; this file runs the steps.
 
@@ -23,7 +23,7 @@ use tether_core::rehearsal::{
     self, check_hosts, check_variants, old_source, retarget_checks, Evaluated, OldSource,
     RehearsalReport, Stage, StateSize, Variants, Verdict,
 };
-use tether_core::remote::{Facts, Preflight, RehearsalState, StateStep, StateStepReport};
+use tether_core::remote::{Facts, Preflight, RehearsalState, StateStep, StateStepReport, Volume};
 use tether_core::spec::{RolloutSettings, StateSpec};
 
 use crate::adapters::journal::{git_revision, Journal};
@@ -172,9 +172,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         ("productionAddress", production.address.to_string()),
     ];
     let (old_json, new_json) = tokio::join!(
-        ctx.nix.eval_variants(&old_ref, &production.name, &identity),
         ctx.nix
-            .eval_variants(&ctx.source, &production.name, &identity)
+            .eval_variants(&old_ref, &ctx.source, &production.name, &identity),
+        ctx.nix
+            .eval_variants(&ctx.source, &ctx.source, &production.name, &identity)
     );
     let evaluation = |what: &str, e| {
         CommandError::Usage(format!(
@@ -204,8 +205,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         allow_arch_change: args.allow_arch_change,
     })
     .map_err(refused)?;
+    // Warnings reach stderr with --json too (and are in the report).
     for w in &accepted.warnings {
-        say(format!("warning: {w}"));
+        eprintln!("warning: {w}");
     }
 
     // The state must have somewhere to go on the staging host.
@@ -215,7 +217,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         production: &production,
         quick,
     };
-    if !production.state.btrfs.is_empty() {
+    if production.state.is_declared() {
         let check = state
             .step(&staging_target, StateStep::CheckStaging)
             .await
@@ -274,7 +276,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     // Production's data first, so that the old variant's checks show it
     // works with that data before the new one migrates it.
     let mut loaded = false;
-    if !production.state.btrfs.is_empty() {
+    if production.state.is_declared() {
         say(format!(
             "rehearse {}: 1/3 loading {}'s state into {}",
             production.name.as_str(),
@@ -341,7 +343,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         ));
         let back = stages.switch(&staging_original, false).await;
         let system_back = matches!(&back, Ok(s) if s.passed());
-        let state_back = if production.state.btrfs.is_empty() {
+        let state_back = if !production.state.is_declared() {
             true
         } else {
             match state.step(&staging_target, StateStep::Unload).await {
@@ -606,6 +608,7 @@ impl StateRun<'_> {
             step,
             rehearsal_id: self.id.clone(),
             paths: self.production.state.btrfs.clone(),
+            datasets: self.production.state.zfs.clone(),
             units: self.production.state.units.clone(),
         }
     }
@@ -667,22 +670,31 @@ impl StateRun<'_> {
         }
         let op = self.op(StateStep::Snapshot);
         let mut sizes = Vec::new();
-        for path in &self.production.state.btrfs {
-            let source = taken.detail(path.as_str()).unwrap_or_default().to_string();
-            let progress = |bytes: u64| say(format!("  {path}: {} MiB streamed", bytes >> 20));
+        let volumes = self
+            .production
+            .state
+            .btrfs
+            .iter()
+            .cloned()
+            .map(Volume::Btrfs)
+            .chain(self.production.state.zfs.iter().cloned().map(Volume::Zfs));
+        for volume in volumes {
+            let name = volume.as_str().to_string();
+            let source = taken.detail(&name).unwrap_or_default().to_string();
+            let progress = |bytes: u64| say(format!("  {name}: {} MiB streamed", bytes >> 20));
             let streamed = relay(
                 production,
-                &op.send_script(path),
+                &op.send_script(&volume),
                 staging,
-                &op.receive_script(path),
+                &op.receive_script(&volume),
                 STREAM_TIMEOUT,
                 &progress,
             )
             .await
-            .map_err(|e| format!("streaming {path}: {e}"))?;
-            say(format!("  {path}: {streamed} bytes streamed"));
+            .map_err(|e| format!("streaming {name}: {e}"))?;
+            say(format!("  {name}: {streamed} bytes streamed"));
             sizes.push(StateSize {
-                path: path.to_string(),
+                path: name,
                 source,
                 streamed,
                 before: None,
