@@ -307,6 +307,13 @@ fn a_healthy_upgrade_is_rehearsed_on_staging_with_productions_data_and_then_depl
         .expect_code(0)
         .expect_outcome("host1", "confirmed");
     assert_eq!(f.console("host1", &format!("cat {DATA}/schema")), "2");
+    let status = f.tether(&["status", "--on", "host1"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("last rehearsal") && text.contains("passed on host2 at"),
+        "{text}"
+    );
+    assert!(text.contains("(the system it runs)"), "{text}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tether_core::remote::status::{Generation, HostStatus, LastDeploy, Status};
 use tether_core::report::restore_command;
 use tether_core::text::short_store_path;
 
-use crate::adapters::journal::Journal;
+use crate::adapters::journal::{Journal, RehearsalRecord};
 use crate::adapters::ssh::SshTarget;
 use crate::cli::Context;
 use crate::exit::CommandError;
@@ -94,6 +94,10 @@ struct Row {
     /// as the trial left it (`restoreOnRollback` off): how to restore it.
     #[serde(skip_serializing_if = "Option::is_none")]
     data_kept: Option<String>,
+    /// The newest rehearsal of this host (`tether rehearse`), from the
+    /// deployer's journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_rehearsal: Option<RehearsalRecord>,
 }
 
 impl Row {
@@ -124,6 +128,7 @@ impl Row {
             boot_trial: None,
             journal_reconciled: 0,
             data_kept: None,
+            last_rehearsal: None,
         }
     }
 
@@ -232,6 +237,12 @@ async fn status_of(
         }
     };
     fill(&mut row, host, &status);
+    if let Some(j) = journal {
+        row.last_rehearsal = j
+            .rehearsals(1, Some(&[host.name.to_string()]))
+            .ok()
+            .and_then(|mut r| r.pop());
+    }
     // Another machine's journal must never settle this host's runs.
     if let (Some(j), "ok") = (journal, row.identity) {
         match j.reconcile(host.name.as_str(), &status.journal) {
@@ -377,6 +388,22 @@ fn table(rows: &[Row]) -> String {
         }
         if let Some(d) = &r.data_kept {
             out.push_str(&format!("{}: state: {d}\n", r.host));
+        }
+        if let Some(x) = &r.last_rehearsal {
+            out.push_str(&format!(
+                "{}: last rehearsal {} {} on {} at {}, of {}{}\n",
+                r.host,
+                x.id,
+                x.result,
+                x.staging_host,
+                x.started_at,
+                short_store_path(&x.production_new),
+                if r.current_system.as_deref() == Some(x.production_new.as_str()) {
+                    " (the system it runs)"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     out
