@@ -305,6 +305,7 @@ fn help_lists_only_implemented_commands() {
         "rollback",
         "history",
         "plan",
+        "rehearse",
         "snapshots",
         "completions",
         "man",
