@@ -21,6 +21,11 @@ if [ -n "${ADDRESS6:-}" ]; then
     ip -6 route replace "$GATEWAY6" dev "$IFACE"
     ip -6 route replace default via "$GATEWAY6" dev "$IFACE"
 fi
+# The deploy user logs in with the lab's deployer key, as root does.
+if [ -d /home/deploy ] && [ -f /root/.ssh/authorized_keys ]; then
+    install -d -m 700 -o deploy -g deploy /home/deploy/.ssh
+    install -m 600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/authorized_keys
+fi
 if [ -x /usr/lib/tether-lab/stage2 ]; then
     /usr/lib/tether-lab/stage2
 fi

@@ -12,13 +12,19 @@ use std::process::Command;
 
 const SUITE: &str = "bookworm";
 const INCLUDE: &str =
-    "systemd,systemd-sysv,dbus,openssh-server,iproute2,nftables,python3,nix-bin,util-linux,btrfs-progs,zfs-fuse";
+    "systemd,systemd-sysv,dbus,openssh-server,iproute2,nftables,python3,nix-bin,util-linux,btrfs-progs,zfs-fuse,sudo";
 const BOOT_SH: &str = include_str!("../image/boot.sh");
 const BOOT_UNIT: &str = include_str!("../image/tether-lab-boot.service");
 /// zfs-fuse for the hosts of a lab with state (`up --state`).
 const ZFS_UNIT: &str = include_str!("../image/tether-lab-zfs.service");
 const SSHD_CONF: &str = include_str!("../image/sshd.conf");
 const NIX_CONF: &str = include_str!("../image/nix.conf");
+/// The Nix daemon, so that a non-root deploy user's `nix copy` reaches the
+/// store (as on NixOS, where it always runs).
+const NIX_DAEMON_UNIT: &str = include_str!("../image/nix-daemon.service");
+/// The non-root deploy user (docs/lab.md): no sudo until a test gives it.
+const DEPLOY_USER: &str = "deploy";
+const DEPLOY_UID: &str = "1000";
 /// The bootctl emulation (also the emulated firmware, as `sd-boot`).
 const BOOTCTL: &str = include_str!("../image/bootctl");
 /// Units that do nothing useful in a test host and would only add load.
@@ -37,7 +43,7 @@ const MASKED: &[&str] = &[
 ];
 /// Bump when the customisation code below changes in a way the hashed
 /// inputs do not show.
-const RECIPE_VERSION: &str = "3";
+const RECIPE_VERSION: &str = "4";
 
 /// The fixture's stage-2 emulation, installed into the image.
 fn stage2_script() -> Result<String> {
@@ -56,6 +62,9 @@ fn recipe_hash(stage2: &str) -> String {
         ZFS_UNIT,
         SSHD_CONF,
         NIX_CONF,
+        NIX_DAEMON_UNIT,
+        DEPLOY_USER,
+        DEPLOY_UID,
         BOOTCTL,
         stage2,
         &MASKED.join(","),
@@ -176,7 +185,17 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
         ZFS_UNIT,
         0o644,
     )?;
-    for unit in ["tether-lab-boot.service", "tether-lab-zfs.service"] {
+    write(
+        root,
+        "etc/systemd/system/nix-daemon.service",
+        NIX_DAEMON_UNIT,
+        0o644,
+    )?;
+    for unit in [
+        "tether-lab-boot.service",
+        "tether-lab-zfs.service",
+        "nix-daemon.service",
+    ] {
         let link = wants.join(unit);
         if !link.exists() {
             symlink(format!("/etc/systemd/system/{unit}"), &link)?;
@@ -187,6 +206,18 @@ fn customise(root: &Path, stage2: &str) -> Result<()> {
         let _ = fs::remove_file(&link);
         symlink("/dev/null", &link)?;
     }
+    // The deploy user; its authorized key is root's (the boot script copies
+    // it, as the lab writes root's per host).
+    cmd::run(Command::new("chroot").arg(root).args([
+        "useradd",
+        "--create-home",
+        "--uid",
+        DEPLOY_UID,
+        "--shell",
+        "/bin/sh",
+        DEPLOY_USER,
+    ]))
+    .context("creating the deploy user")?;
     // Each host writes its own machine-id (pinned by the lab) into its upper layer.
     write(root, "etc/machine-id", "", 0o444)?;
     fs::create_dir_all(root.join("root/.ssh"))?;
