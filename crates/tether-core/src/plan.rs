@@ -101,7 +101,7 @@ pub fn compare_versions(v1: &str, v2: &str) -> Ordering {
 // Closures and their difference
 
 /// A closure: every store path in it and its NAR size in bytes.
-pub use crate::model::Closure;
+pub use crate::model::{Closure, ClosureSigners};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected `nix path-info --json` output: {0}")]
@@ -135,6 +135,39 @@ pub fn parse_path_info_json(json: &str) -> Result<Closure, PathInfoError> {
         _ => return Err(PathInfoError("neither a list nor an object".into())),
     }
     Ok(closure)
+}
+
+/// Reads [`ClosureSigners`] from `nix path-info -r --json` (a signature
+/// is `NAME:BASE64`; a path with `ca` is content-addressed).
+pub fn closure_signers(json: &str) -> Result<ClosureSigners, PathInfoError> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| PathInfoError(e.to_string()))?;
+    let infos: Vec<&serde_json::Value> = match &value {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        serde_json::Value::Object(map) => map.values().filter(|v| !v.is_null()).collect(),
+        _ => return Err(PathInfoError("neither a list nor an object".into())),
+    };
+    let mut every: Option<BTreeSet<String>> = None;
+    for info in infos {
+        if info.get("ca").is_some_and(|ca| !ca.is_null()) {
+            continue;
+        }
+        let names: BTreeSet<String> = info
+            .get("signatures")
+            .and_then(serde_json::Value::as_array)
+            .map(|sigs| {
+                sigs.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .filter_map(|sig| sig.split_once(':').map(|(name, _)| name.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        every = Some(match every {
+            None => names,
+            Some(so_far) => so_far.intersection(&names).cloned().collect(),
+        });
+    }
+    Ok(every.map_or(ClosureSigners::NoneNeeded, ClosureSigners::Keys))
 }
 
 /// A package and the versions of it in a closure.
@@ -816,6 +849,25 @@ mod tests {
         assert_eq!(d.changed.len(), 1);
         assert_eq!(d.changed[0].old, ["3.10.1", "3.11.2"]);
         assert_eq!(d.changed[0].new, ["3.11.2"]);
+    }
+
+    #[test]
+    fn only_keys_that_signed_every_input_addressed_path_count_as_signers() {
+        let old = r#"[{"path":"/nix/store/a-x","signatures":["k1:AAA=","k2:BBB="]},
+            {"path":"/nix/store/b-y","signatures":["k2:CCC="]},
+            {"path":"/nix/store/c-z","ca":"fixed:r:sha256:abc"}]"#;
+        let signers = closure_signers(old).unwrap();
+        assert_eq!(
+            signers,
+            ClosureSigners::Keys(BTreeSet::from(["k2".to_string()]))
+        );
+        assert!(signers.accepted_by(&["k0".into(), "k2".into()]));
+        assert!(!signers.accepted_by(&["k1".into()]));
+        let new = r#"{"/nix/store/a-x":{"signatures":["k1:AAA="]},"/nix/store/b-y":{},"/nix/store/gone":null}"#;
+        assert!(!closure_signers(new).unwrap().accepted_by(&["k1".into()]));
+        let only_ca = r#"[{"path":"/nix/store/c-z","ca":"fixed:r:sha256:abc"}]"#;
+        assert!(closure_signers(only_ca).unwrap().accepted_by(&[]));
+        assert!(closure_signers("3").is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum RemoteError {
     Unreachable(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// sudo would not run the script (nothing ran).
+    #[error("sudo: {0}")]
+    Sudo(crate::remote::SudoFailure),
     /// Anything else (a local process could not start, a copy failed).
     #[error("{0}")]
     Other(String),

@@ -154,5 +154,6 @@ pub fn host_job(
         persist: PersistMode::SetProfile,
         reboot: None,
         early_preflight: None,
+        closure_signers: None,
     })
 }

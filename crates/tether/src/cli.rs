@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use tether_core::inventory::{Host, Inventory};
-use tether_core::model::Selector;
+use tether_core::model::{Selector, SudoPassword};
 
 use crate::adapters::nix::{Nix, NixSource};
 use crate::commands;
@@ -43,6 +43,11 @@ pub struct GlobalArgs {
     /// Hosts to leave out of `--on`'s selection (same syntax)
     #[arg(long, value_name = "SELECTOR", global = true)]
     pub exclude: Option<String>,
+    /// Ask once for the sudo password of hosts with `sudo = "password"`
+    /// (from the terminal without echo, or the first line of stdin); it is
+    /// kept in memory only and sent to `sudo -S` on each session's stdin
+    #[arg(long, global = true)]
+    pub ask_sudo_password: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +76,8 @@ pub struct Context {
     pub on_text: Option<String>,
     pub exclude_text: Option<String>,
     pub nix: Nix,
+    /// `--ask-sudo-password`'s answer (docs/sudo.md).
+    pub sudo_password: Option<SudoPassword>,
 }
 
 impl Context {
@@ -81,7 +88,21 @@ impl Context {
         };
         let selector = args.on.as_deref().map(str::parse).transpose()?;
         let exclude = args.exclude.as_deref().map(str::parse).transpose()?;
+        let sudo_password = if args.ask_sudo_password {
+            let typed = crate::adapters::password::ask("sudo password for the deploy users: ")
+                .map_err(|e| {
+                    CommandError::Usage(format!("--ask-sudo-password: could not read it: {e}"))
+                })?;
+            Some(SudoPassword::new(&typed).ok_or_else(|| {
+                CommandError::Usage(
+                    "--ask-sudo-password: the password is empty or has a line break".into(),
+                )
+            })?)
+        } else {
+            None
+        };
         Ok(Context {
+            sudo_password,
             source,
             selector,
             exclude,

@@ -28,6 +28,9 @@ pub fn preflight_failed(error: CallError) -> Outcome {
                 problem: IdentityProblem::HostKey { detail },
             },
         },
+        CallError::Remote(RemoteError::Sudo(failure)) => Outcome::Refused {
+            reason: Refusal::Sudo { failure },
+        },
         other => Outcome::Failed {
             reason: Failure::Preflight {
                 error: other.to_string(),
@@ -76,6 +79,9 @@ pub fn start(job: &HostJob, facts: &Facts) -> Result<Start, Outcome> {
         arch: &facts.arch,
     };
     identity::check(&expected, &seen).map_err(|problem| refuse(Refusal::Identity { problem }))?;
+    if let Some(uid) = facts.uid.filter(|u| *u != 0) {
+        return Err(refuse(Refusal::NotRoot { uid }));
+    }
     if !facts.missing_tools.is_empty() {
         return Err(refuse(Refusal::MissingTools {
             tools: facts.missing_tools.clone(),
@@ -96,6 +102,19 @@ pub fn start(job: &HostJob, facts: &Facts) -> Result<Start, Outcome> {
     };
     let new = job.new_system.as_str();
     let copy = job.source == SystemSource::Copy && !facts.has_new_system;
+    if let (true, Some(user)) = (copy, &facts.nix_untrusted) {
+        // The daemon still takes paths signed by a key it trusts.
+        let signed = job
+            .closure_signers
+            .as_ref()
+            .is_some_and(|signers| signers.accepted_by(&facts.trusted_keys));
+        if !signed {
+            return Err(refuse(Refusal::NixUntrusted {
+                user: user.clone(),
+                trusted_keys: facts.trusted_keys.clone(),
+            }));
+        }
+    }
     if current.as_str() != new {
         let plan = match job.goal {
             Goal::DryActivate => Plan::DryActivate,

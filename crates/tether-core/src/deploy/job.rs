@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::model::{DeployId, Goal, HostName, StorePath, Token, TrialMode};
+use crate::model::{ClosureSigners, DeployId, Goal, HostName, StorePath, Token, TrialMode};
 use crate::remote::{PersistMode, ScriptOutput};
 use crate::spec::{CheckTarget, HostChecks, StateSpec, Timeouts};
 
@@ -45,6 +45,10 @@ pub struct HostJob {
     /// built); the deploy then uses it instead of asking again. Arming
     /// re-checks that the host still runs the system it saw.
     pub early_preflight: Option<ScriptOutput>,
+    /// Who signed the new system's closure, when the caller looked (it
+    /// does for hosts whose SSH user is not root: their Nix daemon may only
+    /// take signed paths from that user).
+    pub closure_signers: Option<ClosureSigners>,
 }
 
 /// Where a host's new system comes from.

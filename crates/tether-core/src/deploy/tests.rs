@@ -279,6 +279,7 @@ fn job(goal: Goal) -> HostJob {
         persist: crate::remote::PersistMode::SetProfile,
         reboot: None,
         early_preflight: None,
+        closure_signers: None,
     }
 }
 

@@ -27,6 +27,7 @@ pub use selector::select;
 pub use settings::Settings;
 pub use ssh_options::{validate as validate_ssh_options, SshOptionProblem};
 
+use crate::model::SudoMode;
 use crate::spec::{CheckTarget, RehearsalSpec, StateSpec, TimeoutSettings};
 pub use toplevel::{parse_toplevels, Toplevel, ToplevelError};
 
@@ -84,6 +85,9 @@ pub struct Host {
     pub state: StateSpec,
     /// Staging host, rehearsal required (docs/rehearsal.md).
     pub rehearsal: RehearsalSpec,
+    /// How scripts become root (docs/sudo.md); resolved from `sshUser`
+    /// when not set.
+    pub sudo: SudoMode,
 }
 
 impl Host {
@@ -361,10 +365,14 @@ fn read_host(
     let settings = Settings::merge(defaults, Settings::read(&mut fields));
     fields.finish();
     let checks = settings.host_checks();
+    let ssh_user: SshUser = settings.ssh_user.clone().unwrap_or_default();
+    let sudo = settings
+        .sudo
+        .unwrap_or_else(|| SudoMode::default_for(ssh_user.as_str()));
     Some(Host {
         name: name?,
         address: address?,
-        ssh_user: settings.ssh_user.unwrap_or_default(),
+        ssh_user,
         ssh_port: settings.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
         host_key: host_key?,
         machine_id,
@@ -376,6 +384,7 @@ fn read_host(
         trial: settings.trial.unwrap_or_default(),
         state: settings.state.resolve(),
         rehearsal: settings.rehearsal.resolve(),
+        sudo,
     })
 }
 

@@ -81,6 +81,7 @@ mod tests {
             checks: Default::default(),
             state: Default::default(),
             rehearsal: Default::default(),
+            sudo: crate::model::SudoMode::None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::checks::{read_checks, CheckMap};
 use super::error::Problem;
 use super::fields::Fields;
-use crate::model::{Dataset, SshUser, StatePath, Tag, TrialMode};
+use crate::model::{Dataset, SshUser, StatePath, SudoMode, Tag, TrialMode};
 use crate::spec::{FailedUnits, HostChecks, RehearsalSettings, StateSettings, TimeoutSettings};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct Settings {
     /// `rehearsal`: whether the host is a staging host, whether its deploys
     /// need a rehearsal, and the modules its rehearsal variants get.
     pub rehearsal: RehearsalSettings,
+    /// `sudo`: how tether becomes root when the SSH user is not.
+    pub sudo: Option<SudoMode>,
 }
 
 impl Settings {
@@ -60,6 +62,7 @@ impl Settings {
         "trial",
         "state",
         "rehearsal",
+        "sudo",
     ];
 
     /// The keys of `rehearsal`.
@@ -187,6 +190,21 @@ impl Settings {
         parsed
     }
 
+    fn read_sudo(fields: &mut Fields<'_>) -> Option<SudoMode> {
+        let s = fields.string("sudo")?;
+        let parsed = s.parse().ok();
+        if parsed.is_none() {
+            fields.error(
+                "sudo",
+                super::Problem::InvalidChoice {
+                    value: s,
+                    expected: SudoMode::NAMES,
+                },
+            );
+        }
+        parsed
+    }
+
     fn read_trial(fields: &mut Fields<'_>) -> Option<TrialMode> {
         let s = fields.string("trial")?;
         let parsed = s.parse().ok();
@@ -217,6 +235,7 @@ impl Settings {
             trial: Self::read_trial(fields),
             state: Self::read_state(fields),
             rehearsal: Self::read_rehearsal(fields),
+            sudo: Self::read_sudo(fields),
         }
     }
 
@@ -254,6 +273,7 @@ impl Settings {
             trial: host.trial.or(defaults.trial),
             state: host.state.over(&defaults.state),
             rehearsal: host.rehearsal.over(&defaults.rehearsal),
+            sudo: host.sudo.or(defaults.sudo),
         }
     }
 }

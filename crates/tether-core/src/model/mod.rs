@@ -14,6 +14,7 @@ mod names;
 mod selector;
 mod state;
 mod store_path;
+mod sudo;
 
 pub use error::ValueError;
 pub use goal::{Goal, TrialMode};
@@ -22,4 +23,5 @@ pub use ids::{DeployId, Token};
 pub use names::{Address, HostName, MachineId, SshUser, Tag, DEFAULT_SSH_PORT};
 pub use selector::{Selector, SelectorError, Term, Unmatched};
 pub use state::{Dataset, StatePath, UnitName, BTRFS_SNAPSHOT_DIR, ZFS_FAILED_DATASET};
-pub use store_path::{Closure, StorePath};
+pub use store_path::{Closure, ClosureSigners, StorePath};
+pub use sudo::{SudoMode, SudoPassword};

@@ -1,6 +1,6 @@
 //! Nix store paths as Nix prints them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -33,3 +33,23 @@ impl fmt::Display for StorePath {
 
 /// A closure: every store path in it, with its NAR size in bytes.
 pub type Closure = BTreeMap<String, u64>;
+
+/// Who signed a closure, as far as a Nix daemon that does not trust the
+/// copying user cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClosureSigners {
+    /// Every path is content-addressed: a daemon verifies them by hash.
+    NoneNeeded,
+    /// The names of the keys that signed every input-addressed path.
+    Keys(BTreeSet<String>),
+}
+
+impl ClosureSigners {
+    /// Whether a daemon trusting these key names takes the closure.
+    pub fn accepted_by(&self, trusted_keys: &[String]) -> bool {
+        match self {
+            ClosureSigners::NoneNeeded => true,
+            ClosureSigners::Keys(keys) => trusted_keys.iter().any(|k| keys.contains(k)),
+        }
+    }
+}

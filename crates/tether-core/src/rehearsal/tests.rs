@@ -27,6 +27,7 @@ fn host(name: &str, address: &str, staging: bool) -> Host {
             staging,
             ..RehearsalSpec::default()
         },
+        sudo: crate::model::SudoMode::None,
     }
 }
 

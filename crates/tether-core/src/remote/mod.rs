@@ -29,6 +29,7 @@ mod reboot;
 mod rehearsal;
 mod state;
 pub mod status;
+mod sudo;
 mod trial;
 mod wire;
 
@@ -55,6 +56,7 @@ pub use state::{
     RestoreReport, RestoreSnapshots, Restored, Snapshot, SnapshotKind, StateProblem, TakeSnapshots,
     VolumeFailure, FAILED_STATE_COPY, UNIT_STOP,
 };
+pub use sudo::{Elevation, SudoFailure, SCRIPT_MARK};
 pub use trial::{ActivationState, GuardLife, Inspect, Inspection, Renew, Renewal, RequestRollback};
 pub use wire::{generation_number, ParseError};
 

@@ -113,6 +113,14 @@ pub struct Facts {
     /// What the host boots by default, read only when it already runs the
     /// new system (is that persisted too?).
     pub boot_default: Option<BootDefault>,
+    /// The session's user id (0 when sudo or the SSH user made it root).
+    pub uid: Option<u32>,
+    /// The sudo user the host's Nix daemon does not trust, when a closure
+    /// would have to be copied as that user.
+    pub nix_untrusted: Option<String>,
+    /// Then: the names of the keys the daemon accepts signatures of
+    /// (`trusted-public-keys`), so a signed closure can still be copied.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Operation for Preflight {
@@ -120,9 +128,29 @@ impl Operation for Preflight {
     const OP: Op = Op::Preflight;
 
     fn script(&self) -> String {
+        // A deploy user's copy goes through the Nix daemon, which must
+        // trust the user for unsigned paths (checked only when a copy is
+        // needed: `nix show-config` is a process).
         let has_new = match &self.new_system {
             Some(p) => format!(
-                "nix-store --check-validity {} >/dev/null 2>&1 && echo \"has_new=yes\"\n",
+                r#"if nix-store --check-validity {} >/dev/null 2>&1; then echo "has_new=yes"
+elif [ -n "${{SUDO_USER:-}}" ] && [ "$SUDO_USER" != root ]; then
+    set -f; ok=no
+    for t in $(nix --extra-experimental-features nix-command show-config 2>/dev/null | sed -n 's/^trusted-users = //p'); do
+        case "$t" in
+            '*' | "$SUDO_USER") ok=yes ;;
+            @*) for g in $(id -nG "$SUDO_USER" 2>/dev/null); do [ "@$g" = "$t" ] && ok=yes; done ;;
+        esac
+    done
+    [ "$ok" = yes ] || {{
+        echo "nix_untrusted=$SUDO_USER"
+        for k in $(nix --extra-experimental-features nix-command show-config 2>/dev/null | sed -n 's/^trusted-public-keys = //p'); do
+            echo "trusted_key=${{k%%:*}}"
+        done
+    }}
+    set +f
+fi
+"#,
                 quote(p.as_str())
             ),
             None => String::new(),
@@ -144,6 +172,7 @@ echo "machine_id=$mid"
 name=; read -r name </proc/sys/kernel/hostname
 echo "hostname=$name"
 echo "arch=$(uname -m)"
+while read -r k v _; do [ "$k" = Uid: ] && {{ echo "uid=$v"; break; }}; done </proc/self/status
 {resolve}
 {lock_probe}switch_lock_probe
 resolve /run/current-system; cur=$r; echo "current=$r"
@@ -203,6 +232,9 @@ profile={profile}
             has_new_system: first(&f, "has_new") == Some("yes"),
             failed_units: all(&f, "failed_unit"),
             boot_default: parse_boot_default(&f),
+            uid: first(&f, "uid").and_then(|u| u.parse().ok()),
+            nix_untrusted: first(&f, "nix_untrusted").map(str::to_string),
+            trusted_keys: all(&f, "trusted_key"),
         })
     }
 }

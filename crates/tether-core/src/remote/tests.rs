@@ -518,3 +518,64 @@ fn resolve_follows_links_like_readlink_f() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `command` with a stand-in `sudo` (a shell function, so nothing
+/// is written or put on PATH): with `-S` it takes one line from stdin (the
+/// password, as the real one does, byte by byte) and reports it on
+/// stderr; either way it runs the rest as given.
+fn run_with_fake_sudo(command: &str, stdin: &str) -> (String, String) {
+    let fake = r#"sudo() { while [ "$1" != -- ]; do if [ "$1" = -S ]; then IFS= read -r pw; printf %s "$pw" >&2; fi; shift; done; shift; "$@"; }; "#;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{fake}{command}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_password_session_hands_sudo_the_password_and_the_shell_only_the_script() {
+    use crate::model::{SudoMode, SudoPassword};
+    let e = sudo::Elevation {
+        mode: SudoMode::Password,
+        password: SudoPassword::new("pa'ss $(x) word"),
+    };
+    let script = "read rest || true; echo \"script ran; stdin after: ${rest:-empty}\"";
+    let stdin = format!("{}{script}\n", e.stdin_prefix().unwrap());
+    let (out, seen) = run_with_fake_sudo(&e.command_for_stdin_script(), &stdin);
+    assert_eq!(seen, "pa'ss $(x) word");
+    assert_eq!(out.trim(), "script ran; stdin after: empty");
+
+    // A script in the command with a data stream on stdin: the stream
+    // reaches the script whole, without the password or the mark.
+    let stream = "line one\nline two\n";
+    let stdin = format!("{}{stream}", e.stdin_prefix().unwrap());
+    let (out, seen) = run_with_fake_sudo(&e.command_for_argv_script("exec cat"), &stdin);
+    assert_eq!(seen, "pa'ss $(x) word");
+    assert_eq!(out, stream);
+}
+
+#[test]
+fn a_passwordless_session_gets_the_script_unchanged() {
+    use crate::model::SudoMode;
+    let e = sudo::Elevation {
+        mode: SudoMode::Passwordless,
+        password: None,
+    };
+    assert!(e.stdin_prefix().is_none());
+    let (out, seen) = run_with_fake_sudo(&e.command_for_stdin_script(), "echo it ran\n");
+    assert_eq!((out.trim(), seen.as_str()), ("it ran", ""));
+}

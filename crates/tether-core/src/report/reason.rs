@@ -14,7 +14,7 @@ use super::boot_reason::{reboot_reasons_text, BootTrialProblem};
 use super::checks::CheckFailure;
 use crate::remote::{
     activation_exit_meaning, BootLoader, BootTrialCause, GuardCause, GuardState, LockHolder,
-    PrepareStep, RebootReason, StateProblem, VolumeFailure,
+    PrepareStep, RebootReason, StateProblem, SudoFailure, VolumeFailure,
 };
 
 /// The exit code of a `switch-to-configuration` run, said with its meaning.
@@ -145,6 +145,22 @@ pub enum Refusal {
     SnapshotFailed {
         failure: VolumeFailure,
     },
+    /// sudo would not make tether root (inventory `sudo`).
+    Sudo {
+        failure: SudoFailure,
+    },
+    /// The session is not root and `sudo = "none"`.
+    NotRoot {
+        uid: u32,
+    },
+    /// The SSH user is not trusted by the host's Nix daemon, so it cannot
+    /// copy an unsigned closure.
+    NixUntrusted {
+        user: String,
+        /// The key names the daemon trusts (none of which signed every
+        /// path of the closure).
+        trusted_keys: Vec<String>,
+    },
     /// `rehearsal.required`: no rehearsal of this new system passed.
     NotRehearsed {
         host: String,
@@ -182,6 +198,22 @@ impl fmt::Display for Refusal {
                 f,
                 "another activation is in progress: NixOS's switch lock (/run/nixos/switch-to-configuration.lock) is held by {holder}; nothing was copied or activated"
             ),
+            Refusal::Sudo { failure } => write!(f, "sudo: {failure}; nothing was changed"),
+            Refusal::NotRoot { uid } => write!(
+                f,
+                "the SSH user is not root (uid {uid}) and the inventory says sudo = \"none\": tether needs root to arm the guard and activate; set sudo = \"passwordless\" or \"password\", or log in as root; nothing was changed"
+            ),
+            Refusal::NixUntrusted { user, trusted_keys } => {
+                let keys = if trusted_keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    trusted_keys.join(", ")
+                };
+                write!(
+                    f,
+                    "the host's Nix daemon does not trust {user:?} and the closure is not signed by a key it trusts (trusted-public-keys: {keys}), so the copy would fail; add {user:?} to nix.settings.trusted-users on the host, or sign the closure (`nix store sign -r -k KEY`) with a key in its trusted-public-keys; nothing was copied or changed"
+                )
+            }
             Refusal::NotRehearsed { host, system } => write!(
                 f,
                 "rehearsal.required: no rehearsal of {system} passed; run `tether rehearse {host} --on <staging host>` first (docs/rehearsal.md); nothing was copied or activated"

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use tether_core::inventory::Host;
 use tether_core::model::StorePath;
+use tether_core::model::SudoPassword;
 use tether_core::ports::{Conn, OnLine, RemoteError, ScriptOutput, Stream, Target};
-use tether_core::remote::Script;
+use tether_core::remote::{Elevation, Script, SudoFailure};
 use tether_core::text::tail;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -33,6 +34,8 @@ pub struct SshTarget {
     control_path: PathBuf,
     nix_program: OsString,
     substitute_on_destination: bool,
+    /// How scripts become root (inventory `sudo`, docs/sudo.md).
+    elevation: Elevation,
 }
 
 impl SshTarget {
@@ -43,6 +46,7 @@ impl SshTarget {
         index: usize,
         run_dir: &Path,
         nix_program: OsString,
+        sudo_password: Option<&SudoPassword>,
         substitute_on_destination: bool,
     ) -> std::io::Result<SshTarget> {
         let known_hosts = run_dir.join(format!("known_hosts-{index}"));
@@ -50,8 +54,13 @@ impl SshTarget {
             &known_hosts,
             format!("{} {}\n", Self::alias(&host), host.host_key.openssh()),
         )?;
+        let elevation = Elevation {
+            mode: host.sudo,
+            password: sudo_password.cloned(),
+        };
         Ok(SshTarget {
             control_path: run_dir.join(format!("cm-{index}")),
+            elevation,
             host,
             known_hosts,
             nix_program,
@@ -65,6 +74,7 @@ impl SshTarget {
     pub fn for_hosts(
         hosts: &[Host],
         nix_program: &OsString,
+        sudo_password: Option<&SudoPassword>,
         substitute_on_destination: bool,
     ) -> std::io::Result<(tempfile::TempDir, Vec<SshTarget>)> {
         let run_dir = tempfile::Builder::new().prefix("tether-").tempdir()?;
@@ -77,6 +87,7 @@ impl SshTarget {
                     index,
                     run_dir.path(),
                     nix_program.clone(),
+                    sudo_password,
                     substitute_on_destination,
                 )
             })
@@ -246,14 +257,14 @@ fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
-/// The command the remote login shell runs: a POSIX sh that reads the
-/// script from standard input and evaluates it. The script travels on
-/// stdin, never in a command line: it holds the deploy's token, and every
-/// process's arguments are readable by every local user, on the deployer
-/// (ssh's) and on the target (the remote shell's). `$(cat)` reads to the
-/// end first, so commands in the script see an exhausted stdin and cannot
-/// swallow the rest of the script.
-const REMOTE_COMMAND: &str = r#"sh -c 'eval "$(cat)"'"#;
+// The command the remote login shell runs is a POSIX sh that reads the
+// script from standard input and evaluates it (`Elevation`, in
+// tether_core::remote, puts sudo in front when the inventory says so). The
+// script travels on stdin, never in a command line: it holds the deploy's
+// token, and every process's arguments are readable by every local user,
+// on the deployer (ssh's) and on the target (the remote shell's). `$(cat)`
+// reads to the end first, so commands in the script see an exhausted stdin
+// and cannot swallow the rest of the script.
 
 async fn read_lines<R: AsyncRead + Unpin>(
     reader: R,
@@ -288,8 +299,9 @@ impl SshTarget {
             .args(self.options(conn))
             .arg(self.host.address.to_string())
             // The remote login shell runs this; `sh` makes the script's
-            // dialect POSIX sh whatever that shell is.
-            .arg(REMOTE_COMMAND)
+            // dialect POSIX sh whatever that shell is (through sudo when
+            // the inventory says so).
+            .arg(self.elevation.command_for_stdin_script())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,7 +315,11 @@ impl SshTarget {
             let feed = async {
                 if let Some(mut stdin) = stdin {
                     // A session that ends early closes its end; what it
-                    // does not read cannot matter then.
+                    // does not read cannot matter then. The sudo password,
+                    // if any, goes first, on this stdin only.
+                    if let Some(prefix) = self.elevation.stdin_prefix() {
+                        let _ = stdin.write_all(prefix.as_bytes()).await;
+                    }
                     let _ = stdin.write_all(script.text.as_bytes()).await;
                     let _ = stdin.shutdown().await;
                 }
@@ -335,6 +351,12 @@ impl SshTarget {
         if status.code() == Some(255) {
             return Err(Self::classify(&stderr, "ssh"));
         }
+        // sudo refused: nothing of the script ran (it prints nothing).
+        if self.elevation.uses_sudo() && status.code() != Some(0) && stdout.trim().is_empty() {
+            if let Some(failure) = SudoFailure::from_stderr(&stderr) {
+                return Err(RemoteError::Sudo(failure));
+            }
+        }
         Ok(ScriptOutput {
             stdout,
             stderr,
@@ -352,7 +374,7 @@ impl SshTarget {
         child_command("ssh")
             .args(self.options(Conn::Shared))
             .arg(self.host.address.to_string())
-            .arg(format!("sh -c {}", tether_core::shell::quote(script)))
+            .arg(self.elevation.command_for_argv_script(script))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -384,7 +406,19 @@ pub async fn relay(
     let (Some(mut source), Some(mut sink)) = (sender.stdout.take(), receiver.stdin.take()) else {
         return Err(RemoteError::Other("ssh gave no pipes".into()));
     };
-    drop(sender.stdin.take());
+    // Each side's sudo password (if any) first: the sender's stdin then
+    // closes, the receiver's carries the stream after it.
+    if let Some(mut stdin) = sender.stdin.take() {
+        if let Some(prefix) = from.elevation.stdin_prefix() {
+            let _ = stdin.write_all(prefix.as_bytes()).await;
+        }
+        let _ = stdin.shutdown().await;
+    }
+    if let Some(prefix) = to.elevation.stdin_prefix() {
+        sink.write_all(prefix.as_bytes())
+            .await
+            .map_err(|e| RemoteError::Other(format!("starting the state stream: {e}")))?;
+    }
     let err_of = |child: &mut tokio::process::Child| {
         let stderr = child.stderr.take();
         async move {

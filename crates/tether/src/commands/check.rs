@@ -75,7 +75,8 @@ impl Reporter for Out {
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (_inventory, hosts) = ctx.selected_hosts().await?;
     let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), ctx.sudo_password.as_ref(), false)
+            .map_err(CommandError::Output)?;
     let out = if args.json {
         Out::Json(JsonReporter::new())
     } else {

@@ -2,13 +2,16 @@
 //! evaluation, one build), then roll them out with the safe switch on each
 //! host: canaries first, then batches, at most `--parallel` at once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tether_core::model::Goal;
+use tether_core::model::{ClosureSigners, Goal, StorePath, SudoMode};
+use tether_core::plan::closure_signers;
 use tether_core::remote::{Operation, Preflight};
 use tether_core::report::{HostReport, Outcome, Refusal};
 
 use crate::adapters::journal::Journal;
+use crate::adapters::nix::NixError;
 use crate::adapters::ssh::SshTarget;
 use crate::args::{host_job, RolloutArgs, TimeoutArgs, TrialArgs};
 use crate::cli::Context;
@@ -71,9 +74,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             eprintln!("{msg}");
         }
     };
-    let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), args.substitute_on_destination)
-            .map_err(CommandError::Output)?;
+    let (_run_dir, targets) = SshTarget::for_hosts(
+        &hosts,
+        ctx.nix.program(),
+        ctx.sudo_password.as_ref(),
+        args.substitute_on_destination,
+    )
+    .map_err(CommandError::Output)?;
 
     let names: Vec<_> = hosts.iter().map(|h| h.name.clone()).collect();
     let toplevels = crate::toplevels::evaluate(ctx, &names, &say).await?;
@@ -108,6 +115,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         .then(|| Duration::from_secs(args.timeouts.reboot_timeout.unwrap_or(300)));
     let mut jobs = Vec::new();
     let mut decided = Vec::new();
+    // Asked once per system, and only for hosts whose SSH user is not root.
+    let mut signers: BTreeMap<StorePath, ClosureSigners> = BTreeMap::new();
     let journal = hosts
         .iter()
         .any(|h| h.rehearsal.required)
@@ -155,6 +164,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         )?;
         job.platform = system.platform.clone();
         job.reboot = reboot;
+        if host.sudo != SudoMode::None {
+            job.closure_signers = Some(match signers.get(&system.path) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = closure_signers_of(ctx, &system.path).await?;
+                    signers.insert(system.path.clone(), found.clone());
+                    found
+                }
+            });
+        }
         // Only if it asked about the system that was built.
         job.early_preflight =
             early.filter(|_| toplevels.get(&host.name).map(|t| &t.out_path) == Some(&system.path));
@@ -179,4 +198,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         },
     )
     .await
+}
+
+/// Who signed `system`'s closure in the local store (`nix path-info`), for
+/// a host whose Nix daemon may take only signed paths from its SSH user.
+async fn closure_signers_of(
+    ctx: &Context,
+    system: &StorePath,
+) -> Result<ClosureSigners, CommandError> {
+    let (json, command) = ctx
+        .nix
+        .closure_json(system)
+        .await
+        .map_err(CommandError::Build)?;
+    closure_signers(&json).map_err(|e| {
+        CommandError::Build(NixError::Missing {
+            command,
+            what: e.to_string(),
+        })
+    })
 }

@@ -54,6 +54,7 @@ struct HostJson<'a> {
     address: String,
     ssh_port: u16,
     ssh_user: &'a str,
+    sudo: tether_core::model::SudoMode,
     tags: Vec<&'a str>,
     host_key: HostKeyJson,
     machine_id: Option<&'a str>,
@@ -84,6 +85,7 @@ impl<'a> From<&'a Host> for HostJson<'a> {
             address: h.address.to_string(),
             ssh_port: h.ssh_port,
             ssh_user: h.ssh_user.as_str(),
+            sudo: h.sudo,
             tags: h.tags.iter().map(|t| t.as_str()).collect(),
             host_key: HostKeyJson {
                 key_type: h.host_key.key_type().as_str(),

@@ -97,7 +97,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     }
 
     let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), ctx.sudo_password.as_ref(), false)
+            .map_err(CommandError::Output)?;
     let mut work: Vec<(PlanJob, SshTarget)> = Vec::new();
     for (host, target) in hosts.iter().zip(targets) {
         let system = built.get(&host.name).ok_or_else(|| {

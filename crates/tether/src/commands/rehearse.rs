@@ -104,6 +104,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (_run_dir, targets) = SshTarget::for_hosts(
         &[production.clone(), staging.clone()],
         ctx.nix.program(),
+        ctx.sudo_password.as_ref(),
         false,
     )
     .map_err(CommandError::Output)?;

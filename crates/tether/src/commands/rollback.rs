@@ -89,7 +89,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (inventory, hosts) = ctx.selected_hosts().await?;
     let plan = args.rollout.plan(&inventory, &hosts)?;
     let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), ctx.sudo_password.as_ref(), false)
+            .map_err(CommandError::Output)?;
     let resolved = futures::future::join_all(
         hosts
             .iter()

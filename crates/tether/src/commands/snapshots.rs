@@ -188,9 +188,13 @@ async fn restore(
             "{deploy_id:?} is not a deploy id (like 20261121T084900-1a2b3c)"
         ))
     })?;
-    let (_run_dir, targets) =
-        SshTarget::for_hosts(std::slice::from_ref(host), ctx.nix.program(), false)
-            .map_err(CommandError::Output)?;
+    let (_run_dir, targets) = SshTarget::for_hosts(
+        std::slice::from_ref(host),
+        ctx.nix.program(),
+        ctx.sudo_password.as_ref(),
+        false,
+    )
+    .map_err(CommandError::Output)?;
     let target = targets
         .first()
         .ok_or_else(|| CommandError::Usage("no target".into()))?;
@@ -335,7 +339,8 @@ async fn ask_each<O: Operation>(
     op_for: impl Fn(&Host) -> O,
 ) -> Result<Vec<(HostName, Result<O::Output, String>)>, CommandError> {
     let (_run_dir, targets) =
-        SshTarget::for_hosts(hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+        SshTarget::for_hosts(hosts, ctx.nix.program(), ctx.sudo_password.as_ref(), false)
+            .map_err(CommandError::Output)?;
     let op_for = &op_for;
     Ok(stream::iter(hosts.iter().zip(targets.iter()))
         .map(|(host, target)| async move {

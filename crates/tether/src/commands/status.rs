@@ -146,6 +146,7 @@ fn classify(e: &RemoteError) -> Failure {
         RemoteError::ConnectTimedOut(m) => ("timeout", m.clone()),
         RemoteError::Unreachable(m) => ("unreachable", m.clone()),
         RemoteError::Other(m) => ("error", m.clone()),
+        RemoteError::Sudo(f) => ("sudo", f.to_string()),
     };
     Failure { kind, message }
 }
@@ -256,7 +257,8 @@ async fn status_of(
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let (_inventory, hosts) = ctx.selected_hosts().await?;
     let (_run_dir, targets) =
-        SshTarget::for_hosts(&hosts, ctx.nix.program(), false).map_err(CommandError::Output)?;
+        SshTarget::for_hosts(&hosts, ctx.nix.program(), ctx.sudo_password.as_ref(), false)
+            .map_err(CommandError::Output)?;
     // Status is still worth showing without the deployer's journal.
     let journal = match Journal::open_default() {
         Ok(j) => Some(j),

@@ -37,6 +37,7 @@ fn job(goal: Goal) -> HostJob {
         persist: PersistMode::SetProfile,
         reboot: None,
         early_preflight: None,
+        closure_signers: None,
     }
 }
 
@@ -108,6 +109,53 @@ fn start_refuses_missing_tools_another_deploy_and_no_current_system() {
         refused(start(&job(Goal::Switch), &facts("", OLD))),
         Refusal::NoCurrentSystem
     );
+}
+
+#[test]
+fn a_session_that_is_not_root_is_refused() {
+    let mut f = facts(OLD, OLD);
+    f.uid = Some(1000);
+    assert_eq!(
+        refused(start(&job(Goal::Switch), &f)),
+        Refusal::NotRoot { uid: 1000 }
+    );
+    f.uid = Some(0);
+    assert!(start(&job(Goal::Switch), &f).is_ok());
+}
+
+#[test]
+fn an_untrusted_user_copies_only_a_closure_signed_by_a_key_the_host_trusts() {
+    use crate::model::ClosureSigners;
+    use std::collections::BTreeSet;
+    let mut f = facts(OLD, OLD);
+    f.nix_untrusted = Some("deploy".into());
+    f.trusted_keys = vec!["cache.nixos.org-1".into(), "ours-1".into()];
+    let untrusted = Refusal::NixUntrusted {
+        user: "deploy".into(),
+        trusted_keys: f.trusted_keys.clone(),
+    };
+    // Signatures not looked at, none, or by keys the host does not trust.
+    assert_eq!(refused(start(&job(Goal::Switch), &f)), untrusted);
+    let signed_by = |keys: &[&str]| HostJob {
+        closure_signers: Some(ClosureSigners::Keys(
+            keys.iter().map(|k| k.to_string()).collect::<BTreeSet<_>>(),
+        )),
+        ..job(Goal::Switch)
+    };
+    assert_eq!(refused(start(&signed_by(&[]), &f)), untrusted);
+    assert_eq!(refused(start(&signed_by(&["theirs-1"]), &f)), untrusted);
+    // Signed by a trusted key, or nothing to copy: it goes on.
+    assert!(start(&signed_by(&["theirs-1", "ours-1"]), &f).is_ok());
+    let on_host = Facts {
+        has_new_system: true,
+        ..f.clone()
+    };
+    assert!(start(&job(Goal::Switch), &on_host).is_ok());
+    let rollback = HostJob {
+        source: SystemSource::OnTarget,
+        ..job(Goal::Switch)
+    };
+    assert!(start(&rollback, &f).is_ok());
 }
 
 #[test]
