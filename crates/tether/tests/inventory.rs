@@ -104,6 +104,7 @@ fn json_output_has_stable_fields() {
             "address": "10.231.1.11",
             "sshPort": 22,
             "sshUser": "root",
+            "sudo": "none",
             "tags": ["all", "web", "eu"],
             "hostKey": {
                 "type": "ssh-ed25519",
@@ -115,6 +116,9 @@ fn json_output_has_stable_fields() {
         })
     );
     assert_eq!(hosts[1]["machineId"], serde_json::Value::Null);
+    // A user that is not root defaults to passwordless sudo.
+    assert_eq!(hosts[1]["sshUser"], "deploy");
+    assert_eq!(hosts[1]["sudo"], "passwordless");
 }
 
 #[test]

@@ -204,6 +204,22 @@ impl Fleet {
         self.command(args).output().unwrap()
     }
 
+    /// Starts tether with `args`, `input` on its stdin (then closed),
+    /// stdout and stderr piped.
+    pub fn spawn_with_input(&self, args: &[&str], input: &str) -> Child {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+        drop(stdin);
+        child
+    }
+
     /// Starts `tether deploy --json ARGS` without waiting.
     pub fn spawn_deploy(&self, args: &[&str]) -> Child {
         let mut all = vec!["deploy", "--json"];
