@@ -418,3 +418,78 @@ fn no_sudo_an_untrusted_nix_user_and_sudo_none_are_each_refused_at_preflight() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("host1") && err.contains("sudo"), "{err}");
 }
+
+#[test]
+fn password_sudo_snapshots_restores_and_lists_state() {
+    let f = Fleet::up_with_state("u04", 1);
+    f.console(
+        "host1",
+        "echo 'deploy:pw-state-4711' | chpasswd && echo 'deploy ALL=(ALL) ALL' > /etc/sudoers.d/deploy && chmod 440 /etc/sudoers.d/deploy",
+    );
+    let data = "/srv/state/db/data";
+    let system = |label: &str, schema: u32, breaks: bool| {
+        f.set_hosts(&format!(
+            r#"{{ host1 = {{ label = "{label}";
+                services = [ {{ name = "db"; kind = "db"; port = 8080; schema = {schema}; migrationBreaks = {breaks}; dataDir = "{data}"; }} ];
+                inventory = {{ sshUser = "deploy"; sudo = "password";
+                  state = {{ btrfs = [ "/srv/state/db" ]; zfs = [ "tank/db" ]; units = [ "fixture-db.service" ]; restoreOnRollback = true; }};
+                  checkTimeout = 4; checks.db = {{ type = "http"; port = 8080; }}; }}; }}; }}"#
+        ))
+    };
+    let password = "pw-state-4711\n";
+    system("v1", 1, false);
+    deploy_with_input(&f, &["--ask-sudo-password"], password)
+        .expect_code(0)
+        .expect_outcome("host1", "confirmed");
+    let old = f.current("host1");
+    f.console(
+        "host1",
+        "python3 -c 'import urllib.request as u; u.urlopen(u.Request(\"http://127.0.0.1:8080/\", data=b\"order-1\")).read()'",
+    );
+    f.settle("host1");
+
+    // A migration that breaks: snapshotted before activation, rolled back,
+    // the old data restored, all through sudo.
+    system("v2", 2, true);
+    let run = deploy_with_input(&f, &["--ask-sudo-password"], password);
+    run.expect_code(1).expect_outcome("host1", "rolled-back");
+    let id = run.deploy_id();
+    assert_eq!(
+        run.host("host1")["state"]["data"]["data"],
+        "restored",
+        "{run}"
+    );
+    assert_eq!(f.current("host1"), old);
+    assert_eq!(f.console("host1", &format!("cat {data}/schema")), "1");
+    assert!(f
+        .console("host1", &format!("cat {data}/records"))
+        .contains("order-1"));
+
+    // `snapshots` reads them through sudo as well.
+    let out = f
+        .spawn_with_input(
+            &[
+                "snapshots",
+                "--json",
+                "--on",
+                "host1",
+                "--ask-sudo-password",
+            ],
+            password,
+        )
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed[0]["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed:#}"))
+        .iter()
+        .filter_map(|s| s["deployId"].as_str())
+        .collect();
+    assert!(ids.contains(&id.as_str()), "{listed:#}");
+}
