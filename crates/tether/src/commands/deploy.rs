@@ -11,7 +11,6 @@ use tether_core::remote::{Operation, Preflight};
 use tether_core::report::{HostReport, Outcome, Refusal};
 
 use crate::adapters::journal::Journal;
-use crate::adapters::nix::NixError;
 use crate::adapters::ssh::SshTarget;
 use crate::args::{host_job, RolloutArgs, TimeoutArgs, TrialArgs};
 use crate::cli::Context;
@@ -168,7 +167,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             job.closure_signers = Some(match signers.get(&system.path) {
                 Some(known) => known.clone(),
                 None => {
-                    let found = closure_signers_of(ctx, &system.path).await?;
+                    let found = ctx
+                        .nix
+                        .closure_info(&system.path, closure_signers)
+                        .await
+                        .map_err(CommandError::Build)?;
                     signers.insert(system.path.clone(), found.clone());
                     found
                 }
@@ -198,23 +201,4 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         },
     )
     .await
-}
-
-/// Who signed `system`'s closure in the local store (`nix path-info`), for
-/// a host whose Nix daemon may take only signed paths from its SSH user.
-async fn closure_signers_of(
-    ctx: &Context,
-    system: &StorePath,
-) -> Result<ClosureSigners, CommandError> {
-    let (json, command) = ctx
-        .nix
-        .closure_json(system)
-        .await
-        .map_err(CommandError::Build)?;
-    closure_signers(&json).map_err(|e| {
-        CommandError::Build(NixError::Missing {
-            command,
-            what: e.to_string(),
-        })
-    })
 }

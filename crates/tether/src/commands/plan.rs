@@ -22,7 +22,6 @@ use tether_core::report::reboot_reasons_text;
 use tether_core::spec::Timeouts;
 
 use crate::adapters::local::LocalShell;
-use crate::adapters::nix::NixError;
 use crate::adapters::ssh::SshTarget;
 use crate::args::TrialArgs;
 use crate::cli::Context;
@@ -90,7 +89,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let mut locals: BTreeMap<StorePath, (Closure, UnitFiles)> = BTreeMap::new();
     for out in &outs {
         if !locals.contains_key(out) {
-            let closure = local_closure(ctx, out).await?;
+            let closure = ctx
+                .nix
+                .closure_info(out, parse_path_info_json)
+                .await
+                .map_err(CommandError::Build)?;
             let units = local_unit_files(out).await?;
             locals.insert(out.clone(), (closure, units));
         }
@@ -204,21 +207,6 @@ fn job(
             .unwrap_or(d.copy),
         state: host.state.clone(),
     }
-}
-
-/// The new system's closure with NAR sizes, from the deployer's store.
-async fn local_closure(ctx: &Context, system: &StorePath) -> Result<Closure, CommandError> {
-    let (json, command) = ctx
-        .nix
-        .closure_json(system)
-        .await
-        .map_err(CommandError::Build)?;
-    parse_path_info_json(&json).map_err(|e| {
-        CommandError::Build(NixError::Missing {
-            command,
-            what: e.to_string(),
-        })
-    })
 }
 
 /// The new system's unit files, hashed by the same script the host runs

@@ -312,10 +312,14 @@ impl Nix {
             .collect()
     }
 
-    /// `nix path-info -r --json PATH`: the closure of a path in the local
-    /// store, with NAR sizes. Returns the JSON (the caller parses it) and
-    /// the command line, to name it in the caller's errors.
-    pub async fn closure_json(&self, path: &StorePath) -> Result<(String, String), NixError> {
+    /// `nix path-info -r --json PATH` about the closure of a path in the
+    /// local store, read by `read` (one of tether-core's parsers); output
+    /// it cannot read is an error naming the command.
+    pub async fn closure_info<T>(
+        &self,
+        path: &StorePath,
+        read: fn(&str) -> Result<T, tether_core::plan::PathInfoError>,
+    ) -> Result<T, NixError> {
         let command = format!(
             "{} path-info -r --json {path}",
             self.program.to_string_lossy()
@@ -323,10 +327,10 @@ impl Nix {
         let output = self
             .run(&["path-info", "-r", "--json", path.as_str()], &command)
             .await?;
-        Ok((
-            String::from_utf8_lossy(&output.stdout).into_owned(),
+        read(&String::from_utf8_lossy(&output.stdout)).map_err(|e| NixError::Missing {
             command,
-        ))
+            what: e.to_string(),
+        })
     }
 
     /// Runs `nix ARGS` (with the features tether needs) to completion;
