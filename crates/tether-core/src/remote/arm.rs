@@ -267,14 +267,15 @@ systemd-run --unit={unit} --description={desc} --quiet --collect \
     --setenv=PATH="$tool_path:/usr/bin:/bin" "$sh_path" "$dir/guard.sh" "$dir" ||
     {{ undo; fail "systemd-run could not start the guard"; }}
 # The guard must be up before anything is activated: it writes its PID
-# first thing.
+# first thing, a few milliseconds after systemd-run returns; short looks
+# (within the same 2 s bound) keep the activation from waiting longer.
 tries=0
 gpid=
-while [ "$tries" -lt 40 ]; do
+while [ "$tries" -lt 200 ]; do
     gpid=; read -r gpid 2>/dev/null <"$dir/guard.pid"
     [ -n "$gpid" ] && kill -0 "$gpid" 2>/dev/null && break
     gpid=
-    sleep 0.05
+    sleep 0.01
     tries=$((tries + 1))
 done
 if [ -z "$gpid" ]; then undo; echo "arm=guard-died"; exit 0; fi

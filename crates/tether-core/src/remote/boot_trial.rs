@@ -463,7 +463,7 @@ if [ -d {lock} ]; then
 fi
 resolve /run/current-system
 [ "$r" = "$old" ] || {{ echo "now=$r"; answer system-changed; }}
-bootctl is-installed --quiet >/dev/null 2>&1 || answer no-one-shot
+sd_boot || answer no-one-shot
 boot_default "$old"
 [ "$boot_ok" = yes ] || answer old-not-default
 fail() {{ printf 'step=%s\n' "$1"; printf 'detail=%s\n' "$(printf '%s' "$2" | tr '\n\t' '  ' | cut -c1-400)"; echo "undone=${{3:-yes}}"; answer failed; }}
@@ -1018,7 +1018,7 @@ fi
 ia=; [ -n "$cur" ] && read -r ia 2>/dev/null <"$cur/init-interface-version"
 ib=; read -r ib 2>/dev/null <"$new/init-interface-version"
 [ "$ia" = "$ib" ] || echo "reason=init-interface"
-{pre_switch}if bootctl is-installed --quiet >/dev/null 2>&1; then echo "one_shot=yes"; fi
+{pre_switch}if sd_boot; then echo "one_shot=yes"; fi
 boot_default "$cur"
 echo "boots_current=$boot_ok"
 echo "needs=done"

@@ -19,10 +19,21 @@ use super::wire::{first, Fields};
 /// `boot_entries=<json>` for the parser), and sets `$boot_ok` to `yes`
 /// when the default is the toplevel WANT. Needs `resolve` and the system
 /// profile's path in `$profile`.
-pub(crate) const BOOT_DEFAULT_FUNCTION: &str = r#"boot_default() {
+pub(crate) const BOOT_DEFAULT_FUNCTION: &str = r#"# sd_boot: whether systemd-boot is installed, asked of bootctl once per
+# script (bootctl looks for the ESP each time).
+sd_boot() {
+    if [ -z "${sd_boot_installed:-}" ]; then
+        sd_boot_installed=no
+        if command -v bootctl >/dev/null 2>&1 && bootctl is-installed --quiet >/dev/null 2>&1; then
+            sd_boot_installed=yes
+        fi
+    fi
+    [ "$sd_boot_installed" = yes ]
+}
+boot_default() {
     boot_ok=no
     bd=
-    if command -v bootctl >/dev/null 2>&1 && bootctl is-installed --quiet >/dev/null 2>&1; then
+    if sd_boot; then
         echo "boot_loader=systemd-boot"
         entries=$(bootctl list --json=short --no-pager 2>/dev/null | tr -d '\n')
         printf 'boot_entries=%s\n' "$entries"

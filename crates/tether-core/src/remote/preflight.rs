@@ -133,7 +133,8 @@ impl Operation for Preflight {
         // needed: `nix show-config` is a process).
         let has_new = match &self.new_system {
             Some(p) => format!(
-                r#"if nix-store --check-validity {} >/dev/null 2>&1; then echo "has_new=yes"
+                r#"# A path not on disk is not valid: no nix-store process then.
+if [ -e {new} ] && nix-store --check-validity {new} >/dev/null 2>&1; then echo "has_new=yes"
 elif [ -n "${{SUDO_USER:-}}" ] && [ "$SUDO_USER" != root ]; then
     set -f; ok=no
     for t in $(nix --extra-experimental-features nix-command show-config 2>/dev/null | sed -n 's/^trusted-users = //p'); do
@@ -151,7 +152,7 @@ elif [ -n "${{SUDO_USER:-}}" ] && [ "$SUDO_USER" != root ]; then
     set +f
 fi
 "#,
-                quote(p.as_str())
+                new = quote(p.as_str())
             ),
             None => String::new(),
         };

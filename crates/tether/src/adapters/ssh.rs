@@ -294,6 +294,7 @@ impl SshTarget {
         timeout: Duration,
         on_line: Option<OnLine<'_>>,
     ) -> Result<ScriptOutput, RemoteError> {
+        let started = std::time::Instant::now();
         let mut child = child_command("ssh")
             .args(first_options)
             .args(self.options(conn))
@@ -347,6 +348,14 @@ impl SshTarget {
         let stdout = out.unwrap_or_default();
         let stderr = err.unwrap_or_default();
         let status = status.map_err(|e| RemoteError::Other(format!("waiting for ssh: {e}")))?;
+        tracing::debug!(
+            host = %self.host.name,
+            op = ?script.op,
+            ?conn,
+            took_ms = started.elapsed().as_millis() as u64,
+            exit = ?status.code(),
+            "remote session"
+        );
         // ssh itself exits 255 when it cannot connect or loses the session.
         if status.code() == Some(255) {
             return Err(Self::classify(&stderr, "ssh"));
@@ -528,7 +537,14 @@ impl Target for SshTarget {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .output();
-        match tokio::time::timeout(timeout, output).await {
+        let started = std::time::Instant::now();
+        let output = tokio::time::timeout(timeout, output).await;
+        tracing::debug!(
+            host = %self.host.name,
+            took_ms = started.elapsed().as_millis() as u64,
+            "nix copy"
+        );
+        match output {
             Err(_) => Err(RemoteError::Timeout(timeout)),
             Ok(Err(e)) => Err(RemoteError::Other(format!("could not run nix copy: {e}"))),
             Ok(Ok(out)) if out.status.success() => Ok(()),
