@@ -691,6 +691,7 @@ async fn plan_steps<T: Target>(
         }
         let needs = TrialNeeds {
             new_system: job.new_system.clone(),
+            reboot_asked: job.trial == TrialMode::Reboot,
         };
         let needs = call(target, &needs, Conn::Shared, job.command_timeout)
             .await

@@ -14,7 +14,7 @@ use super::decide::{self, Plan};
 use super::job::HostJob;
 use super::trial;
 use crate::checks::{self, Baseline};
-use crate::model::{Goal, StorePath};
+use crate::model::{Goal, StorePath, TrialMode};
 use crate::ports::{call, call_streaming, CallError, Clock, Conn, Probe, Reporter, Stream, Target};
 use crate::remote::SystemStateLook;
 use crate::remote::{
@@ -323,6 +323,7 @@ impl<T: Target, P: Probe, C: Clock, R: Reporter + ?Sized> Run<'_, T, P, C, R> {
         }
         let op = TrialNeeds {
             new_system: job.new_system.clone(),
+            reboot_asked: job.trial == TrialMode::Reboot,
         };
         let needs = self
             .call(&op, Conn::Shared, job.timeouts.command)

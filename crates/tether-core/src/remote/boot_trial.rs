@@ -972,6 +972,11 @@ impl std::fmt::Display for RebootReason {
 #[derive(Debug, Clone)]
 pub struct TrialNeeds {
     pub new_system: StorePath,
+    /// A reboot trial was asked for (`--trial reboot`): look at the boot
+    /// loader whatever the change. Otherwise it is looked at only when the
+    /// change needs a boot (a live trial needs nothing from it, and
+    /// `bootctl` looks for the ESP each time).
+    pub reboot_asked: bool,
 }
 
 /// What [`TrialNeeds`] found.
@@ -999,31 +1004,37 @@ impl Operation for TrialNeeds {
             r#"set -u
 new={new}
 profile={profile}
+boot_look={boot_look}
+reason() {{ echo "reason=$1"; boot_look=yes; }}
 {resolve}
 {boot_default}{lock_probe}resolve /run/current-system; cur=$r; echo "current=$cur"
 resolve /run/booted-system; booted=$r
 if [ -z "$booted" ]; then
-    echo "reason=no-booted-system"
+    reason no-booted-system
 else
     for f in kernel initrd kernel-modules; do
         # `readlink -f` names a missing file too: a system without one
         # (a container's) has nothing to compare.
         a=; [ -e "$booted/$f" ] && a=$(readlink -f "$booted/$f")
         b=; [ -e "$new/$f" ] && b=$(readlink -f "$new/$f")
-        [ "$a" = "$b" ] || echo "reason=$f"
+        [ "$a" = "$b" ] || reason "$f"
     done
 fi
 # switch-to-configuration compares the running system's init interface
 # with the new one's and refuses a live switch when they differ.
 ia=; [ -n "$cur" ] && read -r ia 2>/dev/null <"$cur/init-interface-version"
 ib=; read -r ib 2>/dev/null <"$new/init-interface-version"
-[ "$ia" = "$ib" ] || echo "reason=init-interface"
-{pre_switch}if sd_boot; then echo "one_shot=yes"; fi
-boot_default "$cur"
-echo "boots_current=$boot_ok"
+[ "$ia" = "$ib" ] || reason init-interface
+{pre_switch}# The boot loader matters only to a reboot trial.
+if [ "$boot_look" = yes ]; then
+    if sd_boot; then echo "one_shot=yes"; fi
+    boot_default "$cur"
+    echo "boots_current=$boot_ok"
+fi
 echo "needs=done"
 "#,
             new = quote(self.new_system.as_str()),
+            boot_look = if self.reboot_asked { "yes" } else { "no" },
             profile = quote(SYSTEM_PROFILE),
             resolve = RESOLVE_FUNCTION,
             boot_default = BOOT_DEFAULT_FUNCTION,
@@ -1090,6 +1101,7 @@ case "$out" in
     *"Usage:"*|*"usage:"*) ;;
     *"Could not acquire lock"*) switch_lock_probe ;;
     *)
+        [ "$rc" = 0 ] || boot_look=yes
         echo "pre_switch_rc=$rc"
         printf '%s\n' "$out" | head -n 12 | while IFS= read -r l; do printf 'pre_switch_out=%s\n' "$l"; done
         ;;

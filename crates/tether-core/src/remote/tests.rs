@@ -111,6 +111,7 @@ fn example(op: Op) -> Script {
         .request(),
         Op::TrialNeeds => TrialNeeds {
             new_system: s.new_system,
+            reboot_asked: true,
         }
         .request(),
         Op::PrepareBootTrial => PrepareBootTrial { spec: boot_spec() }.request(),
