@@ -343,7 +343,16 @@ impl SshTarget {
         };
         let (out, err, status) = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            Err(_) => return Err(RemoteError::Timeout(timeout)),
+            Err(_) => {
+                tracing::debug!(
+                    host = %self.host.name,
+                    op = ?script.op,
+                    ?conn,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "remote session timed out"
+                );
+                return Err(RemoteError::Timeout(timeout));
+            }
         };
         let stdout = out.unwrap_or_default();
         let stderr = err.unwrap_or_default();
