@@ -580,3 +580,100 @@ fn a_passwordless_session_gets_the_script_unchanged() {
     let (out, seen) = run_with_fake_sudo(&e.command_for_stdin_script(), "echo it ran\n");
     assert_eq!((out.trim(), seen.as_str()), ("it ran", ""));
 }
+
+/// Runs [`TrialNeeds`]' script against systems in a temporary directory
+/// (the running and booted system, the new one with its own
+/// `switch-to-configuration check` exiting `check_rc`), with a stand-in
+/// `bootctl` that counts its runs and says systemd-boot is installed.
+/// Returns the parsed report, whether the boot loader was looked at, and
+/// how many times `bootctl is-installed` ran.
+fn trial_needs_on_fixture(
+    reboot_asked: bool,
+    new_kernel: &str,
+    check_rc: i32,
+) -> (TrialNeedsReport, bool, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tether-needs-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (system, kernel) in [("old", "kernel-1"), ("new", new_kernel)] {
+        let s = dir.join(system);
+        std::fs::create_dir_all(s.join("bin")).unwrap();
+        std::fs::write(dir.join(kernel), "").unwrap();
+        std::os::unix::fs::symlink(dir.join(kernel), s.join("kernel")).unwrap();
+        std::fs::write(s.join("init-interface-version"), "systemd 1\n").unwrap();
+        let stc = s.join("bin/switch-to-configuration");
+        std::fs::write(&stc, format!("#!/bin/sh\necho checked\nexit {check_rc}\n")).unwrap();
+        std::fs::set_permissions(&stc, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    std::os::unix::fs::symlink(dir.join("old"), dir.join("current")).unwrap();
+    std::os::unix::fs::symlink(dir.join("old"), dir.join("booted")).unwrap();
+    let new_system = StorePath::new("/nix/store/bbb-nixos-system-new").unwrap();
+    let op = TrialNeeds {
+        new_system: new_system.clone(),
+        reboot_asked,
+    };
+    let d = |p: &str| quote(&dir.join(p).to_string_lossy());
+    let calls = dir.join("bootctl-calls");
+    let fake_bootctl = format!(
+        "bootctl() {{ if [ \"$1\" = is-installed ]; then echo x >> {calls}; return 0; fi; echo '[]'; }}\n",
+        calls = quote(&calls.to_string_lossy())
+    );
+    let script = fake_bootctl
+        + &op
+            .script()
+            .replace(&quote(new_system.as_str()), &d("new"))
+            .replace(
+                "/run/current-system",
+                &dir.join("current").to_string_lossy(),
+            )
+            .replace("/run/booted-system", &dir.join("booted").to_string_lossy());
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let report = op
+        .parse(&ScriptOutput {
+            stdout: stdout.clone(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            exit_code: out.status.code(),
+        })
+        .unwrap();
+    let looked = stdout.lines().any(|l| l.starts_with("boots_current="));
+    let runs = std::fs::read_to_string(&calls)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (report, looked, runs)
+}
+
+#[test]
+fn a_live_trial_change_never_runs_bootctl() {
+    let (report, looked, runs) = trial_needs_on_fixture(false, "kernel-1", 0);
+    assert!(report.reasons.is_empty(), "{:?}", report.reasons);
+    assert!(!looked);
+    assert_eq!(runs, 0);
+    assert!(!report.one_shot);
+}
+
+#[test]
+fn the_boot_loader_is_read_once_when_a_reboot_trial_could_follow() {
+    // Asked for (`--trial reboot`), a kernel change, a failed pre-switch check.
+    for (asked, kernel, rc) in [
+        (true, "kernel-1", 0),
+        (false, "kernel-2", 0),
+        (false, "kernel-1", 1),
+    ] {
+        let (report, looked, runs) = trial_needs_on_fixture(asked, kernel, rc);
+        assert!(looked, "asked {asked}, kernel {kernel}, check exit {rc}");
+        assert!(
+            report.one_shot,
+            "asked {asked}, kernel {kernel}, check exit {rc}"
+        );
+        assert_eq!(runs, 1, "bootctl is-installed asked once per script");
+        assert_eq!(report.reasons.is_empty(), asked);
+    }
+}
